@@ -1,0 +1,83 @@
+"""Samplers and the one entry point that runs them, `sample`."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+
+from scoresde.samplers.base import FixedStepSampler, Sampler, per_example
+from scoresde.samplers.pc import PC
+from scoresde.sde import SDE, ScoreFn
+
+Array = jax.Array
+
+_SAMPLERS = {"pc": PC}
+
+
+def build_sampler(name: str, **settings) -> Sampler:
+    """Constructs a sampler by name with the given settings; the error lists the valid names."""
+    if name not in _SAMPLERS:
+        raise ValueError(f"unknown sampler {name!r}; valid names: {sorted(_SAMPLERS)}.")
+    return _SAMPLERS[name](**settings)
+
+
+def check_score_fn(score_fn: ScoreFn, x: Array) -> None:
+    """Raises ValueError unless score_fn(x, t) is shaped like x (checked abstractly, no compute)."""
+    out = jax.eval_shape(score_fn, x, per_example(0.5, x))
+    if getattr(out, "shape", None) != x.shape:
+        raise ValueError(
+            f"score_fn must return an array shaped like x {tuple(x.shape)}; got {getattr(out, 'shape', out)}."
+        )
+
+
+def sample(
+    key: Array,
+    sde: SDE,
+    score_fn: ScoreFn,
+    shape: tuple[int, ...],
+    sampler: Sampler,
+    *,
+    eps: float | None = None,
+    denoise: bool = True,
+    x_init: Array | None = None,
+    axis_name: Any = None,
+) -> tuple[Array, Array]:
+    """Draws samples by integrating from the prior at T down to eps, then optionally denoising.
+
+    Args:
+      key: PRNG key; the same key gives bitwise the same samples.
+      sde: the forward process whose reverse is integrated.
+      score_fn: score_fn(x: [B, ...], t: [B]) -> [B, ...], e.g. a trained network or an exact oracle.
+      shape: [B, ...] of the samples.
+      sampler: any `Sampler`, e.g. `PC(...)`.
+      eps: the time integration stops at, in (0, T); defaults to `sde.default_eps` (1e-3 VP/sub-VP, 1e-5 VE).
+      denoise: finish with Tweedie's denoiser E[x_0 | x_eps] (one more score evaluation).
+      x_init: start from this x_T: `shape` instead of a prior draw (encode/decode, solver studies).
+      axis_name: inside the caller's pmap, the mapped axis over which batch statistics are averaged.
+
+    Returns:
+      (x: `shape`, nfe: the number of score evaluations made, an int32 scalar).
+    """
+    if not isinstance(sampler, Sampler):
+        raise ValueError(f"sampler must be a scoresde Sampler such as samplers.PC(); got {sampler!r}.")
+    eps = sde.default_eps if eps is None else eps
+    if isinstance(eps, (int, float)):
+        sde.check_eps(eps)
+    k_prior, k_solve = jax.random.split(key)
+    if x_init is None:
+        x = sde.prior_sampling(k_prior, tuple(shape))
+    elif tuple(x_init.shape) != tuple(shape):
+        raise ValueError(f"x_init must have shape {tuple(shape)}; got {tuple(x_init.shape)}.")
+    else:
+        x = x_init
+    check_score_fn(score_fn, x)
+    x, nfe = sampler.solve(k_solve, sde, score_fn, x, eps, axis_name)
+    if denoise:
+        t = per_example(eps, x)
+        x = sde.denoise(score_fn(x, t), x, t)
+        nfe = nfe + 1
+    return x, nfe
+
+
+__all__ = ["FixedStepSampler", "PC", "Sampler", "build_sampler", "sample"]

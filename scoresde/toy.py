@@ -1,0 +1,225 @@
+"""Exact-score oracle and 2-D toy distributions.
+
+A Gaussian mixture stays a Gaussian mixture under every linear forward SDE: component k of p_t is
+N(alpha(t) mu_k, alpha(t)^2 Sigma_k + sigma(t)^2 I). Its log density and score are therefore closed-form at every
+t, which is what lets the tests and benchmarks measure sampler error, convergence order and likelihood error
+instead of eyeballing samples.
+
+Each covariance is diagonalised once, Sigma_k = U_k diag(l_k) U_k^T; the perturbed covariance shares U_k, with
+eigenvalues alpha^2 l_k + sigma^2, so evaluating p_t costs one projection per component and no factorisation.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import struct
+
+from scoresde.sde import SDE
+
+Array = jax.Array
+
+
+@struct.dataclass
+class GaussianMixture:
+    """sum_k w_k N(mu_k, Sigma_k) over events shaped `event_shape` (flattened to D = prod(event_shape)).
+
+    Build it with `GaussianMixture.create(weights, means, covs)`; weights: [K], means: [K, *event_shape],
+    covs: [K, D, D] symmetric positive definite.
+    """
+
+    log_weights: Array  # [K]
+    means: Array  # [K, D]
+    eigvecs: Array  # [K, D, D], columns are eigenvectors of Sigma_k
+    eigvals: Array  # [K, D]
+    event_shape: tuple[int, ...] = struct.field(pytree_node=False)
+
+    @classmethod
+    def create(cls, weights, means, covs) -> "GaussianMixture":
+        weights, means, covs = (np.asarray(a, np.float64) for a in (weights, means, covs))
+        k = weights.shape[0] if weights.ndim == 1 else -1
+        if weights.ndim != 1 or k < 1 or np.any(weights <= 0):
+            raise ValueError(f"weights must be a non-empty 1-D array of positive numbers; got {weights!r}.")
+        if means.shape[0] != k or means.ndim < 2:
+            raise ValueError(f"means must be shaped [K={k}, ...event]; got shape {means.shape}.")
+        d = int(np.prod(means.shape[1:]))
+        if covs.shape != (k, d, d):
+            raise ValueError(f"covs must be shaped [K, D, D] = {(k, d, d)}; got shape {covs.shape}.")
+        if not np.allclose(covs, np.swapaxes(covs, 1, 2), atol=1e-10):
+            raise ValueError("covs must be symmetric.")
+        eigvals, eigvecs = np.linalg.eigh(covs)
+        if np.any(eigvals <= 0):
+            raise ValueError(f"covs must be positive definite; smallest eigenvalue {eigvals.min():.3g}.")
+        return cls(
+            log_weights=jnp.asarray(np.log(weights / weights.sum()), jnp.float32),
+            means=jnp.asarray(means.reshape(k, d), jnp.float32),
+            eigvecs=jnp.asarray(eigvecs, jnp.float32),
+            eigvals=jnp.asarray(eigvals, jnp.float32),
+            event_shape=tuple(means.shape[1:]),
+        )
+
+    @property
+    def weights(self) -> Array:
+        return jnp.exp(self.log_weights)
+
+    @property
+    def covs(self) -> Array:
+        """[K, D, D]."""
+        return jnp.einsum("kij,kj,klj->kil", self.eigvecs, self.eigvals, self.eigvecs)
+
+    @property
+    def dim(self) -> int:
+        return math.prod(self.event_shape)
+
+    def sample(self, key: Array, n: int) -> Array:
+        """n exact draws: [n, *event_shape]."""
+        k_comp, k_noise = jax.random.split(key)
+        comp = jax.random.categorical(k_comp, self.log_weights, shape=(n,))
+        z = jax.random.normal(k_noise, (n, self.dim))
+        x = self.means[comp] + jnp.einsum("nij,nj->ni", self.eigvecs[comp], jnp.sqrt(self.eigvals[comp]) * z)
+        return x.reshape((n,) + self.event_shape)
+
+    def _components(self, x: Array, alpha: Array, sigma: Array) -> tuple[Array, Array]:
+        """Per-component log density terms and whitened projections under N(alpha mu_k, alpha^2 S_k + sigma^2).
+
+        x: [B, *event], alpha, sigma: [B] -> log N_k(x): [B, K], projections y / variances: [B, K, D].
+        """
+        flat = x.reshape(x.shape[0], -1)
+        var = alpha[:, None, None] ** 2 * self.eigvals + sigma[:, None, None] ** 2  # [B, K, D]
+        diff = flat[:, None, :] - alpha[:, None, None] * self.means  # [B, K, D]
+        y = jnp.einsum("kdj,bkd->bkj", self.eigvecs, diff)
+        log_n = -0.5 * jnp.sum(y**2 / var + jnp.log(2 * jnp.pi * var), axis=-1)
+        return log_n, y / var
+
+    def _log_prob(self, x: Array, alpha: Array, sigma: Array) -> Array:
+        log_n, _ = self._components(x, alpha, sigma)
+        return jax.nn.logsumexp(self.log_weights + log_n, axis=-1)
+
+    def _score(self, x: Array, alpha: Array, sigma: Array) -> Array:
+        log_n, y_over_var = self._components(x, alpha, sigma)
+        resp = jax.nn.softmax(self.log_weights + log_n, axis=-1)  # [B, K]
+        per_comp = jnp.einsum("kdj,bkj->bkd", self.eigvecs, y_over_var)
+        return -jnp.einsum("bk,bkd->bd", resp, per_comp).reshape(x.shape)
+
+    def log_prob(self, x: Array) -> Array:
+        """log density of the mixture itself: x: [B, *event] -> [B]."""
+        ones = jnp.ones(x.shape[:1], x.dtype)
+        return self._log_prob(x, ones, jnp.zeros_like(ones))
+
+    def log_prob_fn(self, sde: SDE) -> Callable[[Array, Array], Array]:
+        """log p_t(x) of the marginal at time t under `sde`: (x: [B, *event], t: [B]) -> [B]."""
+        return lambda x, t: self._log_prob(x, sde.alpha(t), sde.sigma(t))
+
+    def score_fn(self, sde: SDE) -> Callable[[Array, Array], Array]:
+        """Exact score grad_x log p_t(x) of the marginal at time t: (x, t: [B]) -> shaped like x."""
+        return lambda x, t: self._score(x, sde.alpha(t), sde.sigma(t))
+
+    def marginal(self, sde: SDE, t: float) -> "GaussianMixture":
+        """The mixture p_t itself, with covariances alpha^2 Sigma_k + sigma^2 I, as a GaussianMixture."""
+        tt = jnp.full((1,), t)
+        alpha, sigma = sde.alpha(tt)[0], sde.sigma(tt)[0]
+        return self.replace(means=alpha * self.means, eigvals=alpha**2 * self.eigvals + sigma**2)
+
+    def responsibilities(self, x: Array) -> Array:
+        """Posterior mode probabilities p(k | x) under the mixture: [B, K]."""
+        ones = jnp.ones(x.shape[:1], x.dtype)
+        log_n, _ = self._components(x, ones, jnp.zeros_like(ones))
+        return jax.nn.softmax(self.log_weights + log_n, axis=-1)
+
+
+def _rotation(theta: float) -> np.ndarray:
+    return np.array([[np.cos(theta), -np.sin(theta)], [np.sin(theta), np.cos(theta)]])
+
+
+def mixture_2d() -> GaussianMixture:
+    """Three unequal, anisotropic, rotated modes in 2-D: the default exact-score problem."""
+    scales = [(0.30, 0.05), (0.10, 0.25), (0.15, 0.15)]
+    covs = [_rotation(a) @ np.diag(np.square(s)) @ _rotation(a).T for a, s in zip((0.5, -0.3, 0.0), scales)]
+    return GaussianMixture.create(
+        weights=[0.5, 0.3, 0.2], means=[[-1.0, -0.5], [1.0, 0.5], [0.0, 1.2]], covs=covs
+    )
+
+
+def mixture_image(shape: tuple[int, int, int] = (4, 4, 2)) -> GaussianMixture:
+    """Two unequal modes over [H, W, C] events with distinct anisotropic covariances (fixed seed)."""
+    d = math.prod(shape)
+    rng = np.random.default_rng(0)
+    means = rng.uniform(-1.0, 1.0, size=(2, d))
+    covs = []
+    for k in range(2):
+        q, _ = np.linalg.qr(rng.normal(size=(d, d)))
+        covs.append(q @ np.diag(np.geomspace(0.005, 0.05 * (k + 1), d)) @ q.T)
+    return GaussianMixture.create(weights=[0.7, 0.3], means=means.reshape((2,) + shape), covs=np.stack(covs))
+
+
+def build_problem(name: str) -> GaussianMixture:
+    """Named exact-score problems shared by the CLI, the tests and the benchmarks."""
+    problems = {"mixture_2d": mixture_2d, "mixture_image": mixture_image}
+    if name not in problems:
+        raise ValueError(f"unknown exact-score problem {name!r}; valid names: {sorted(problems)}.")
+    return problems[name]()
+
+
+# ----- 2-D toy datasets (samples only; no closed-form score) -----
+
+
+def _checkerboard(key: Array, n: int) -> Array:
+    k1, k2, k3 = jax.random.split(key, 3)
+    x1 = jax.random.uniform(k1, (n,), minval=-2.0, maxval=2.0)
+    x2 = jax.random.uniform(k2, (n,), minval=0.0, maxval=1.0) + 2.0 * jax.random.randint(k3, (n,), -2, 2)
+    x2 = x2 + jnp.floor(x1) % 2
+    return jnp.stack([x1, x2], axis=1)
+
+
+def _swiss_roll(key: Array, n: int) -> Array:
+    k1, k2 = jax.random.split(key)
+    u = 1.5 * jnp.pi * (1.0 + 2.0 * jax.random.uniform(k1, (n,)))
+    x = jnp.stack([u * jnp.cos(u), u * jnp.sin(u)], axis=1) / 5.0
+    return x + 0.1 * jax.random.normal(k2, (n, 2))
+
+
+def _two_moons(key: Array, n: int) -> Array:
+    k1, k2, k3 = jax.random.split(key, 3)
+    u = jnp.pi * jax.random.uniform(k1, (n,))
+    upper = jax.random.bernoulli(k2, 0.5, (n,))
+    x = jnp.where(
+        upper[:, None],
+        jnp.stack([jnp.cos(u), jnp.sin(u)], axis=1),
+        jnp.stack([1.0 - jnp.cos(u), 0.5 - jnp.sin(u)], axis=1),
+    )
+    return (x - jnp.array([0.5, 0.25])) * 1.5 + 0.08 * jax.random.normal(k3, (n, 2))
+
+
+def _rings(key: Array, n: int) -> Array:
+    k1, k2, k3 = jax.random.split(key, 3)
+    radius = 0.75 * (1.0 + jax.random.randint(k1, (n,), 0, 4))
+    u = 2.0 * jnp.pi * jax.random.uniform(k2, (n,))
+    return radius[:, None] * jnp.stack([jnp.cos(u), jnp.sin(u)], axis=1) + 0.08 * jax.random.normal(k3, (n, 2))
+
+
+def _eight_gaussians(key: Array, n: int) -> Array:
+    k1, k2 = jax.random.split(key)
+    angle = 2.0 * jnp.pi * jax.random.randint(k1, (n,), 0, 8) / 8.0
+    centres = 2.0 * jnp.stack([jnp.cos(angle), jnp.sin(angle)], axis=1)
+    return centres + 0.1 * jax.random.normal(k2, (n, 2))
+
+
+_TOY_SAMPLERS = {
+    "checkerboard": _checkerboard,
+    "swiss_roll": _swiss_roll,
+    "two_moons": _two_moons,
+    "rings": _rings,
+    "eight_gaussians": _eight_gaussians,
+}
+TOY_NAMES = tuple(sorted(_TOY_SAMPLERS))
+
+
+def sample_toy(name: str, key: Array, n: int) -> Array:
+    """n draws from a named 2-D toy distribution: [n, 2] float32. Names: see `TOY_NAMES`."""
+    if name not in _TOY_SAMPLERS:
+        raise ValueError(f"unknown toy dataset {name!r}; valid names: {list(TOY_NAMES)}.")
+    return _TOY_SAMPLERS[name](key, n).astype(jnp.float32)
