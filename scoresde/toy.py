@@ -84,14 +84,16 @@ class GaussianMixture:
         return x.reshape((n,) + self.event_shape)
 
     def _components(self, x: Array, alpha: Array, sigma: Array) -> tuple[Array, Array]:
-        """Per-component log density terms and whitened projections under N(alpha mu_k, alpha^2 S_k + sigma^2).
+        """Per-component log densities and whitened residuals under N(alpha mu_k, alpha^2 S_k + sigma^2 I).
 
-        x: [B, *event], alpha, sigma: [B] -> log N_k(x): [B, K], projections y / variances: [B, K, D].
+        x: [B, *event], alpha, sigma: [B] -> log N_k(x): [B, K] and U_k^T (x - alpha mu_k) / variances: [B, K, D].
+        Both projections are single [B, D] x [D, K D] products: one matmul serves all components.
         """
-        flat = x.reshape(x.shape[0], -1)
+        num, (k, d) = x.shape[0], self.means.shape
         var = alpha[:, None, None] ** 2 * self.eigvals + sigma[:, None, None] ** 2  # [B, K, D]
-        diff = flat[:, None, :] - alpha[:, None, None] * self.means  # [B, K, D]
-        y = jnp.einsum("kdj,bkd->bkj", self.eigvecs, diff)
+        projected_means = jnp.einsum("kd,kdj->kj", self.means, self.eigvecs)
+        proj = x.reshape(num, d) @ jnp.transpose(self.eigvecs, (1, 0, 2)).reshape(d, k * d)
+        y = proj.reshape(num, k, d) - alpha[:, None, None] * projected_means
         log_n = -0.5 * jnp.sum(y**2 / var + jnp.log(2 * jnp.pi * var), axis=-1)
         return log_n, y / var
 
@@ -102,8 +104,9 @@ class GaussianMixture:
     def _score(self, x: Array, alpha: Array, sigma: Array) -> Array:
         log_n, y_over_var = self._components(x, alpha, sigma)
         resp = jax.nn.softmax(self.log_weights + log_n, axis=-1)  # [B, K]
-        per_comp = jnp.einsum("kdj,bkj->bkd", self.eigvecs, y_over_var)
-        return -jnp.einsum("bk,bkd->bd", resp, per_comp).reshape(x.shape)
+        k, d = self.means.shape
+        weighted = (resp[:, :, None] * y_over_var).reshape(x.shape[0], k * d)
+        return -(weighted @ jnp.transpose(self.eigvecs, (0, 2, 1)).reshape(k * d, d)).reshape(x.shape)
 
     def log_prob(self, x: Array) -> Array:
         """log density of the mixture itself: x: [B, *event] -> [B]."""

@@ -36,10 +36,15 @@ def test_every_predictor_corrector_sde_samples_the_mixture(sde_name, predictor, 
 @pytest.mark.slow
 @pytest.mark.parametrize("sde_name, corrector", list(itertools.product(SDES, ["langevin", "ald"])))
 def test_corrector_only_samples_the_mixture(sde_name, corrector):
-    """Annealed MCMC alone (predictor "none"); it mixes slowly, so it gets 4 corrector rounds per level."""
-    sampler = sd.samplers.PC(predictor="none", corrector=corrector, num_steps=500, n_corrector_steps=4)
+    """Annealed MCMC alone (predictor "none").
+
+    Without a predictor the chain must follow the moving marginal by Langevin steps alone, which are small
+    (2 (snr sigma)^2 for ALD, tiny where sigma(t) is below the data scale, as for sub-VP near t=0): at the
+    default 1000 steps and snr 0.16 it lags and freezes early. It needs snr 0.3, 2000 levels and 4 rounds.
+    """
+    sampler = sd.samplers.PC(predictor="none", corrector=corrector, num_steps=2000, n_corrector_steps=4, snr=0.3)
     x, nfe = draw(MIX_2D, SDES[sde_name], sampler, N)
-    assert int(nfe) == 2001
+    assert int(nfe) == 8001
     assert_matches_mixture(MIX_2D, x, exact_draws(MIX_2D, N))
 
 
@@ -57,10 +62,11 @@ def test_image_shaped_mixture(sde_name, predictor):
     "sde_name, predictor, corrector", list(itertools.product(SDES, PREDICTOR_NAMES, ["ald", "none"]))
 )
 def test_image_shaped_mixture_all_combinations(sde_name, predictor, corrector):
+    """600 steps: at 300 uniform steps the VP ancestral step still under-disperses the narrowest directions."""
     mix = toy.mixture_image()
-    sampler = sd.samplers.PC(predictor=predictor, corrector=corrector, num_steps=300)
-    x, _ = draw(mix, SDES[sde_name], sampler, N)
-    assert_matches_mixture(mix, x, exact_draws(mix, N))
+    sampler = sd.samplers.PC(predictor=predictor, corrector=corrector, num_steps=600)
+    x, _ = draw(mix, SDES[sde_name], sampler, N // 2)
+    assert_matches_mixture(mix, x, exact_draws(mix, N // 2))
 
 
 SMALL = sd.samplers.PC(num_steps=20)

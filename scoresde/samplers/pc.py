@@ -84,16 +84,15 @@ def _langevin_update(key, x: Array, grad: Array, step: Array) -> Array:
 def langevin(key, sde: SDE, score_fn: ScoreFn, x, t, s, snr: float, axis_name: Any) -> Array:
     """Langevin corrector with the signal-to-noise step rule (Song et al. 2021, Algorithms 4 and 5).
 
-    step = 2 alpha (snr ||z|| / ||score||)^2, both norms averaged over the batch (and devices); alpha is the
-    one-step mean decay alpha_{t|s}^2 (1 - beta_i for VP, 1 for VE).
+    step = 2 alpha (snr ||z|| / ||score||)^2, both norms averaged over the batch (and devices), z the very noise
+    of this update; alpha is the one-step mean decay alpha_{t|s}^2 (1 - beta_i for VP, 1 for VE).
     """
     grad = score_fn(x, t)
-    k_noise, k_step = jax.random.split(key)
-    noise = jax.random.normal(k_noise, x.shape, x.dtype)
-    norm = lambda v: jnp.linalg.norm(v.reshape(v.shape[0], -1), axis=-1)
-    ratio = _batch_mean(norm(noise), axis_name) / _batch_mean(norm(grad), axis_name)
+    noise_norm = jnp.linalg.norm(jax.random.normal(key, x.shape, x.dtype).reshape(x.shape[0], -1), axis=-1)
+    grad_norm = jnp.linalg.norm(grad.reshape(x.shape[0], -1), axis=-1)
+    ratio = _batch_mean(noise_norm, axis_name) / _batch_mean(grad_norm, axis_name)
     alpha = sde.transition(t, s)[0] ** 2
-    return _langevin_update(k_step, x, grad, 2.0 * alpha * (snr * ratio) ** 2)
+    return _langevin_update(key, x, grad, 2.0 * alpha * (snr * ratio) ** 2)
 
 
 def annealed_langevin(key, sde: SDE, score_fn: ScoreFn, x, t, s, snr: float, axis_name: Any) -> Array:
@@ -148,8 +147,9 @@ class PC(FixedStepSampler):
             f"PC: n_corrector_steps must be an integer >= 1; got {self.n_corrector_steps!r}.",
         )
 
-    def solve(self, key, sde, score_fn, x, eps, axis_name=None):
-        predict, predictor_nfe = PREDICTORS[self.predictor]
+    def step_fn(self, key: Array, sde: SDE, score_fn: ScoreFn, axis_name: Any = None):
+        """One grid step t -> s, (x, i, t, s) -> x: the corrector rounds at t, then the predictor."""
+        predict, _ = PREDICTORS[self.predictor]
         correct, corrector_nfe = CORRECTORS[self.corrector]
 
         def step(x, i, t, s):
@@ -159,6 +159,9 @@ class PC(FixedStepSampler):
                 x = correct(jax.random.fold_in(k_corr, j), sde, score_fn, x, t, s, self.snr, axis_name)
             return predict(k_pred, sde, score_fn, x, t, s)
 
-        x = scan_grid(step, x, self.grid(sde, eps))
-        nfe = self.num_steps * (predictor_nfe + self.n_corrector_steps * corrector_nfe)
-        return x, jnp.asarray(nfe, jnp.int32)
+        return step
+
+    def solve(self, key, sde, score_fn, x, eps, axis_name=None):
+        x = scan_grid(self.step_fn(key, sde, score_fn, axis_name), x, self.grid(sde, eps))
+        nfe_per_step = PREDICTORS[self.predictor][1] + self.n_corrector_steps * CORRECTORS[self.corrector][1]
+        return x, jnp.asarray(self.num_steps * nfe_per_step, jnp.int32)
