@@ -1,8 +1,9 @@
-"""Sample-quality metrics: sliced Wasserstein, MMD, Fréchet distance and KID, a digits classifier, mode statistics.
+"""Sample-quality metrics: sliced Wasserstein, MMD, Fréchet distance, KID, digits classifier, mode statistics.
 
-Distances compare two sample sets x: [N, ...] and y: [M, ...] (flattened to [N, D], [M, D]); the
-sample-based ones (sliced Wasserstein, MMD, KID) are jax functions, the Fréchet distance is computed in
-float64 numpy because its matrix square root is ill-conditioned in float32.
+Distances compare two sample sets x: [N, ...] and y: [M, ...] (flattened to [N, D], [M, D]). The
+sample-based ones (sliced Wasserstein, MMD, KID) are jit-compiled jax functions whose matrix products run at
+full float32 precision (accelerators may otherwise round them to bf16/tf32); the Fréchet distance is computed
+in float64 numpy because its matrix square root is ill-conditioned in float32.
 
 For digits, a small classifier trained on the training split of a `Dataset` supplies class
 probabilities (confidence, class coverage) and penultimate-layer features (a Fréchet distance in its
@@ -12,6 +13,7 @@ feature space, the FID recipe of Heusel et al. 2017 with a task-sized network in
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Callable, Sequence
 
 import flax.linen as nn
@@ -28,6 +30,7 @@ SampleFn = Callable[[Array, int], Array]
 
 _NUM_DIGIT_CLASSES = 10
 _APPLY_CHUNK = 1024
+_EXACT = jax.lax.Precision.HIGHEST
 
 
 def _flatten_pair(x: Array, y: Array) -> tuple[Array, Array]:
@@ -66,7 +69,10 @@ def wasserstein_1d(u: Array, v: Array, p: float = 2.0) -> Array:
     return jnp.sum(widths * jnp.abs(gap) ** p, axis=-1)
 
 
-def sliced_wasserstein(key: Array, x: Array, y: Array, *, num_projections: int = 512, p: float = 2.0) -> Array:
+@functools.partial(jax.jit, static_argnames=("num_projections", "p"))
+def sliced_wasserstein(
+    key: Array, x: Array, y: Array, *, num_projections: int = 512, p: float = 2.0
+) -> Array:
     """Sliced Wasserstein distance (E_theta W_p^p(theta.x, theta.y))^(1/p), theta uniform on the sphere.
 
     Monte Carlo over `num_projections` directions (Bonneel et al. 2015, Eq. 5; Kolouri et al. 2019).
@@ -86,16 +92,17 @@ def sliced_wasserstein(key: Array, x: Array, y: Array, *, num_projections: int =
     x, y = _flatten_pair(x, y)
     theta = jax.random.normal(key, (num_projections, x.shape[1]))
     theta = theta / jnp.linalg.norm(theta, axis=1, keepdims=True)
-    return jnp.mean(wasserstein_1d(theta @ x.T, theta @ y.T, p)) ** (1.0 / p)
+    project = functools.partial(jnp.matmul, theta, precision=_EXACT)
+    return jnp.mean(wasserstein_1d(project(x.T), project(y.T), p)) ** (1.0 / p)
 
 
 def sliced_wasserstein_floor(
     key: Array, sample_fn: SampleFn, n: int, *, num_projections: int = 512, num_repeats: int = 8
 ) -> Array:
-    """Monte Carlo floor of `sliced_wasserstein`: its mean between two independent exact sample sets of size n.
+    """Monte Carlo floor of `sliced_wasserstein`: its mean between independent exact sample sets of size n.
 
-    A sampler whose samples are exact cannot score below this value with n samples, so sampler errors are
-    judged against it rather than against zero.
+    Exact samples score this much on average with n samples, so a sampler's error is judged against it
+    rather than against zero.
 
     Args:
       key: PRNG key.
@@ -104,7 +111,6 @@ def sliced_wasserstein_floor(
       num_projections: directions per distance.
       num_repeats: independent pairs averaged.
     """
-
     distances = []
     for k in jax.random.split(key, num_repeats):  # a loop, not lax.map: sample_fn closures would recompile
         k_x, k_y, k_proj = jax.random.split(k, 3)
@@ -125,17 +131,27 @@ def _unbiased_mmd2(kxx: Array, kyy: Array, kxy: Array) -> Array:
 
 def _squared_distances(x: Array, y: Array) -> Array:
     """[n, D], [m, D] -> [n, m] squared Euclidean distances."""
-    d2 = jnp.sum(x**2, 1)[:, None] + jnp.sum(y**2, 1)[None, :] - 2.0 * x @ y.T
+    d2 = jnp.sum(x**2, 1)[:, None] + jnp.sum(y**2, 1)[None, :] - 2.0 * jnp.matmul(x, y.T, precision=_EXACT)
     return jnp.maximum(d2, 0.0)
 
 
+@jax.jit
 def median_bandwidth(x: Array, y: Array) -> Array:
-    """Median heuristic: the median distance between distinct points of the pooled sample (Gretton et al. 2012)."""
+    """Median heuristic: median distance between distinct points of the pooled sample (Gretton et al. 2012).
+
+    Args:
+      x: [N, ...] samples.
+      y: [M, ...] samples with the same event shape.
+
+    Returns:
+      A scalar bandwidth.
+    """
     z = jnp.concatenate(_flatten_pair(x, y))
     rows, cols = np.triu_indices(z.shape[0], k=1)
     return jnp.sqrt(jnp.median(_squared_distances(z, z)[rows, cols]))
 
 
+@jax.jit
 def mmd(x: Array, y: Array, bandwidths: Sequence[float] | None = None) -> Array:
     """Unbiased squared maximum mean discrepancy with a sum of RBF kernels (Gretton et al. 2012, Eq. 3).
 
@@ -160,6 +176,7 @@ def mmd(x: Array, y: Array, bandwidths: Sequence[float] | None = None) -> Array:
                           kernel(_squared_distances(x, y)))
 
 
+@functools.partial(jax.jit, static_argnames=("num_subsets", "subset_size"))
 def kernel_inception_distance(
     key: Array, feats_a: Array, feats_b: Array, *, num_subsets: int = 100, subset_size: int = 1000
 ) -> Array:
@@ -182,7 +199,7 @@ def kernel_inception_distance(
     dim = feats_a.shape[1]
 
     def kernel(a: Array, b: Array) -> Array:
-        return (a @ b.T / dim + 1.0) ** 3
+        return (jnp.matmul(a, b.T, precision=_EXACT) / dim + 1.0) ** 3
 
     def one_subset(k: Array) -> Array:
         k_a, k_b = jax.random.split(k)
@@ -198,8 +215,10 @@ def _psd_sqrt(cov: np.ndarray) -> np.ndarray:
     return (vectors * np.sqrt(np.clip(values, 0.0, None))) @ vectors.T
 
 
-def frechet_distance_from_moments(mu1: np.ndarray, cov1: np.ndarray, mu2: np.ndarray, cov2: np.ndarray) -> float:
-    """Fréchet (2-Wasserstein) distance squared between N(mu1, cov1) and N(mu2, cov2) (Dowson & Landau 1982).
+def frechet_distance_from_moments(
+    mu1: np.ndarray, cov1: np.ndarray, mu2: np.ndarray, cov2: np.ndarray
+) -> float:
+    """Squared Fréchet (2-Wasserstein) distance of N(mu1, cov1) and N(mu2, cov2) (Dowson & Landau 1982).
 
     ||mu1 - mu2||^2 + tr(cov1 + cov2 - 2 (cov1 cov2)^{1/2}), with tr (cov1 cov2)^{1/2} computed stably as
     the sum of square roots of the eigenvalues of the symmetric PSD matrix cov1^{1/2} cov2 cov1^{1/2}.
@@ -217,7 +236,7 @@ def frechet_distance_from_moments(mu1: np.ndarray, cov1: np.ndarray, mu2: np.nda
 
 
 def frechet_distance(feats_a: Array, feats_b: Array) -> float:
-    """Fréchet distance between Gaussians fitted to two feature sets [N, d] and [M, d] (FID, Heusel et al. 2017)."""
+    """Fréchet distance of Gaussians fitted to feature sets [N, d] and [M, d] (FID, Heusel et al. 2017)."""
     feats_a, feats_b = (np.asarray(f, np.float64) for f in _flatten_pair(feats_a, feats_b))
     return frechet_distance_from_moments(
         feats_a.mean(0), np.cov(feats_a, rowvar=False), feats_b.mean(0), np.cov(feats_b, rowvar=False)
@@ -227,7 +246,7 @@ def frechet_distance(feats_a: Array, feats_b: Array) -> float:
 # ----- mode statistics against a Gaussian mixture given as arrays -----
 
 
-@dataclasses.dataclass(frozen=True)
+@struct.dataclass
 class ModeStatistics:
     """Samples grouped by their most probable mixture component.
 
@@ -244,6 +263,7 @@ class ModeStatistics:
     covs: Array
 
 
+@jax.jit
 def assign_modes(x: Array, weights: Array, means: Array, covs: Array) -> Array:
     """Index of the component with the largest posterior responsibility w_k N(x; mu_k, S_k) for each sample.
 
@@ -257,10 +277,12 @@ def assign_modes(x: Array, weights: Array, means: Array, covs: Array) -> Array:
       [N] int32 mode indices.
     """
     x, means = _flatten_pair(x, means)
-    log_n = jax.vmap(jax.scipy.stats.multivariate_normal.logpdf, in_axes=(None, 0, 0))(x, means, covs)  # [K, N]
+    log_pdf = jax.vmap(jax.scipy.stats.multivariate_normal.logpdf, in_axes=(None, 0, 0))
+    log_n = log_pdf(x, means, covs)  # [K, N]
     return jnp.argmax(jnp.log(jnp.asarray(weights))[:, None] + log_n, axis=0).astype(jnp.int32)
 
 
+@jax.jit
 def mode_statistics(x: Array, weights: Array, means: Array, covs: Array) -> ModeStatistics:
     """Per-mode sample weights, means and covariances after `assign_modes` (same arguments)."""
     modes = jax.nn.one_hot(assign_modes(x, weights, means, covs), len(weights))  # [N, K]
@@ -276,7 +298,7 @@ def mode_statistics(x: Array, weights: Array, means: Array, covs: Array) -> Mode
 
 
 class _DigitsNet(nn.Module):
-    """A two-hidden-layer MLP; on CPU it trains several times faster than a small CNN, to the same accuracy."""
+    """A two-hidden-layer MLP: on CPU it trains several times faster than a small CNN, as accurately."""
 
     num_hidden: int = 256
     num_features: int = 64
@@ -298,6 +320,8 @@ def _apply_digits_net(params: dict, x: Array) -> tuple[Array, Array]:
 class DigitsClassifier:
     """A trained digits classifier; inputs are images in the scaling of the dataset it was trained on.
 
+    It is a pytree, so callers that want to keep one can save `params` with `flax.serialization`.
+
     Attributes:
       params: network parameters.
       image_shape: (H, W, C) it accepts.
@@ -308,21 +332,41 @@ class DigitsClassifier:
 
     def __call__(self, x: Array) -> tuple[Array, Array]:
         """x: [B, H, W, C] -> (class probabilities [B, 10], penultimate features [B, 64]), in chunks."""
-        if tuple(x.shape[1:]) != self.image_shape:
-            raise ValueError(f"the classifier takes images shaped {self.image_shape}; got {tuple(x.shape[1:])}.")
-        outputs = [_apply_digits_net(self.params, x[i : i + _APPLY_CHUNK]) for i in range(0, x.shape[0], _APPLY_CHUNK)]
+        shape = tuple(x.shape[1:])
+        if shape != self.image_shape:
+            raise ValueError(f"the classifier takes images shaped {self.image_shape}; got {shape}.")
+        chunks = range(0, x.shape[0], _APPLY_CHUNK)
+        outputs = [_apply_digits_net(self.params, x[i : i + _APPLY_CHUNK]) for i in chunks]
         logits, features = (jnp.concatenate(parts) for parts in zip(*outputs))
         return jax.nn.softmax(logits), features
 
 
+@functools.partial(jax.jit, static_argnames="learning_rate")
+def _classifier_step(params: dict, opt_state, x: Array, labels: Array, learning_rate: float):
+    """One Adam step on the cross-entropy of x: [B, H, W, C] with integer labels: [B]."""
+
+    def loss_fn(p: dict) -> Array:
+        logits, _ = _DigitsNet().apply(p, x)
+        return jnp.mean(optax.softmax_cross_entropy_with_integer_labels(logits, labels))
+
+    updates, opt_state = optax.adam(learning_rate).update(jax.grad(loss_fn)(params), opt_state)
+    return optax.apply_updates(params, updates), opt_state
+
+
 def train_digits_classifier(
-    dataset: Dataset, *, seed: int = 0, num_steps: int = 600, batch_size: int = 128, learning_rate: float = 2e-3
+    dataset: Dataset,
+    *,
+    seed: int = 0,
+    num_steps: int = 600,
+    batch_size: int = 128,
+    learning_rate: float = 2e-3,
 ) -> DigitsClassifier:
     """Trains `_DigitsNet` with Adam on the training split of a labelled image dataset, deterministically.
 
     Batches come from `dataset.train_batch`, so the classifier sees images exactly as a score model would
-    (same size, scaling and dequantization). On the sklearn digits (seed 0, test_fraction 0.1) it reaches
-    0.98-0.99 test accuracy at 8x8 and 16x16, [0, 1] or [-1, 1], in a few seconds on one CPU core.
+    (same size, scaling and dequantization). On the sklearn digits (seed 0, test_fraction 0.1, 180 test
+    images) it reaches 0.983-0.989 test accuracy at 8x8 and 16x16, in [0, 1] or [-1, 1], training in 1.5-3 s
+    on a CPU.
 
     Args:
       dataset: labelled images, e.g. `build_dataset(DataConfig("digits", image_size=16, centered=True))`.
@@ -333,22 +377,12 @@ def train_digits_classifier(
     """
     if dataset.train_labels is None or not dataset.is_image:
         raise ValueError(f"the digits classifier needs labelled images; dataset {dataset.name!r} has none.")
-    net, optimizer = _DigitsNet(), optax.adam(learning_rate)
-    params = net.init(jax.random.PRNGKey(seed), jnp.zeros((1,) + dataset.shape))
-    opt_state = optimizer.init(params)
-
-    @jax.jit
-    def step(params, opt_state, x, labels):
-        def loss_fn(p):
-            logits, _ = net.apply(p, x)
-            return jnp.mean(optax.softmax_cross_entropy_with_integer_labels(logits, labels))
-
-        updates, opt_state = optimizer.update(jax.grad(loss_fn)(params), opt_state)
-        return optax.apply_updates(params, updates), opt_state
-
+    params = _DigitsNet().init(jax.random.PRNGKey(seed), jnp.zeros((1,) + dataset.shape))
+    opt_state = optax.adam(learning_rate).init(params)
     for i in range(num_steps):
         labels = dataset.train_labels[dataset.batch_indices(i, batch_size)]
-        params, opt_state = step(params, opt_state, dataset.train_batch(i, batch_size), labels)
+        x = dataset.train_batch(i, batch_size)
+        params, opt_state = _classifier_step(params, opt_state, x, labels, learning_rate)
     return DigitsClassifier(params=params, image_shape=dataset.shape)
 
 
@@ -364,8 +398,10 @@ def mean_max_probability(probs: Array) -> float:
 
 
 def class_histogram_entropy(probs: Array) -> float:
-    """Entropy (nats) of the histogram of predicted classes, probs: [N, classes]; log(classes) means all
-    classes equally often, 0 means a single class (mode collapse)."""
+    """Entropy in nats of the histogram of predicted classes, from probs: [N, classes].
+
+    log(classes) means every class is predicted equally often; 0 means a single class (mode collapse).
+    """
     counts = jnp.bincount(jnp.argmax(probs, axis=1), length=probs.shape[1])
     freq = counts / probs.shape[0]
     return float(-jnp.sum(jnp.where(freq > 0, freq * jnp.log(jnp.where(freq > 0, freq, 1.0)), 0.0)))
@@ -381,8 +417,10 @@ class SampleQuality:
 
 
 def digits_sample_quality(classifier: DigitsClassifier, samples: Array, reference: Array) -> SampleQuality:
-    """Mean max-probability and class-histogram entropy of samples, and their Fréchet distance to reference
-    images in the classifier's feature space.
+    """Confidence, class coverage and feature-space Fréchet distance of generated digits.
+
+    Reports the mean max-probability and the class-histogram entropy of the samples, and their Fréchet
+    distance to reference images in the classifier's penultimate-layer feature space.
 
     Args:
       classifier: from `train_digits_classifier`.
