@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-from typing import Callable, Sequence
+from typing import Any, Callable, Sequence
 
 import flax.linen as nn
 import jax
@@ -96,13 +96,32 @@ def sliced_wasserstein(
     return jnp.mean(wasserstein_1d(project(x.T), project(y.T), p)) ** (1.0 / p)
 
 
-def sliced_wasserstein_floor(
-    key: Array, sample_fn: SampleFn, n: int, *, num_projections: int = 512, num_repeats: int = 8
-) -> Array:
-    """Monte Carlo floor of `sliced_wasserstein`: its mean between independent exact sample sets of size n.
+def monte_carlo_floor(
+    key: Array, distance: Callable[..., Any], sample_fn: SampleFn, n: int, *, num_repeats: int = 8
+) -> Any:
+    """Mean of distance(key, x, y) over `num_repeats` pairs of independent exact sample sets of size n.
 
     Exact samples score this much on average with n samples, so a sampler's error is judged against it
     rather than against zero.
+
+    Args:
+      key: PRNG key.
+      distance: (key, x, y) -> a scalar or a pytree of scalars (averaged leaf by leaf).
+      sample_fn: (key, n) -> [n, ...] exact samples, e.g. `GaussianMixture.sample`.
+      n: size of each sample set.
+      num_repeats: independent pairs averaged.
+    """
+    values = []
+    for k in jax.random.split(key, num_repeats):  # a loop, not lax.map: sample_fn closures would recompile
+        k_x, k_y, k_distance = jax.random.split(k, 3)
+        values.append(distance(k_distance, sample_fn(k_x, n), sample_fn(k_y, n)))
+    return jax.tree.map(lambda *v: jnp.mean(jnp.stack(v)), *values)
+
+
+def sliced_wasserstein_floor(
+    key: Array, sample_fn: SampleFn, n: int, *, num_projections: int = 512, num_repeats: int = 8
+) -> Array:
+    """Monte Carlo floor of `sliced_wasserstein` (see `monte_carlo_floor`).
 
     Args:
       key: PRNG key.
@@ -111,12 +130,8 @@ def sliced_wasserstein_floor(
       num_projections: directions per distance.
       num_repeats: independent pairs averaged.
     """
-    distances = []
-    for k in jax.random.split(key, num_repeats):  # a loop, not lax.map: sample_fn closures would recompile
-        k_x, k_y, k_proj = jax.random.split(k, 3)
-        x, y = sample_fn(k_x, n), sample_fn(k_y, n)
-        distances.append(sliced_wasserstein(k_proj, x, y, num_projections=num_projections))
-    return jnp.mean(jnp.stack(distances))
+    distance = functools.partial(sliced_wasserstein, num_projections=num_projections)
+    return monte_carlo_floor(key, distance, sample_fn, n, num_repeats=num_repeats)
 
 
 def _unbiased_mmd2(kxx: Array, kyy: Array, kxy: Array) -> Array:
