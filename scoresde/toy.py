@@ -12,6 +12,8 @@ eigenvalues alpha^2 l_k + sigma^2, so evaluating p_t costs one projection per co
 from __future__ import annotations
 
 import math
+import pathlib
+import zipfile
 from typing import Callable
 
 import jax
@@ -41,6 +43,8 @@ class GaussianMixture:
     @classmethod
     def create(cls, weights, means, covs) -> "GaussianMixture":
         weights, means, covs = (np.asarray(a, np.float64) for a in (weights, means, covs))
+        if not all(np.all(np.isfinite(a)) for a in (weights, means, covs)):
+            raise ValueError("weights, means and covs must be finite.")
         k = weights.shape[0] if weights.ndim == 1 else -1
         if weights.ndim != 1 or k < 1 or np.any(weights <= 0):
             raise ValueError(f"weights must be a non-empty 1-D array of positive numbers; got {weights!r}.")
@@ -159,11 +163,42 @@ def mixture_image(shape: tuple[int, int, int] = (4, 4, 2)) -> GaussianMixture:
     return GaussianMixture.create(weights=[0.7, 0.3], means=means.reshape((2,) + shape), covs=np.stack(covs))
 
 
+MIXTURE_ARRAYS = ("weights", "means", "covs")
+
+
+def load_mixture(path: str | pathlib.Path) -> GaussianMixture:
+    """A GaussianMixture from an .npz file with arrays weights [K], means [K, ...event], covs [K, D, D].
+
+    Raises:
+      ValueError: if the file is missing, is not an .npz archive, lacks an array, or the arrays are not a valid
+        mixture (see `GaussianMixture.create`).
+    """
+    where = f"mixture file {str(path)!r}"
+    expected = "a mixture .npz holds arrays weights [K], means [K, ...], covs [K, D, D]"
+    if not pathlib.Path(path).is_file():
+        raise ValueError(f"{where} does not exist.")
+    if not zipfile.is_zipfile(path):
+        raise ValueError(f"{where} is not an .npz archive; {expected}.")
+    try:
+        with np.load(path, allow_pickle=False) as arrays:
+            missing = [name for name in MIXTURE_ARRAYS if name not in arrays.files]
+            if missing:
+                raise ValueError(f"missing array(s) {missing}, found {sorted(arrays.files)}")
+            weights, means, covs = (arrays[name] for name in MIXTURE_ARRAYS)
+        return GaussianMixture.create(weights, means, covs)
+    except (ValueError, zipfile.BadZipFile) as e:
+        raise ValueError(f"{where}: {str(e).rstrip('.')}; {expected}.") from e
+
+
 def build_problem(name: str) -> GaussianMixture:
-    """Named exact-score problems shared by the CLI, the tests and the benchmarks."""
+    """Named exact-score problems shared by the CLI, the tests and the benchmarks, or a mixture .npz file."""
+    if name.endswith(".npz"):
+        return load_mixture(name)
     problems = {"mixture_2d": mixture_2d, "mixture_image": mixture_image}
     if name not in problems:
-        raise ValueError(f"unknown exact-score problem {name!r}; valid names: {sorted(problems)}.")
+        raise ValueError(
+            f"unknown exact-score problem {name!r}; valid names: {sorted(problems)}, or a path to a mixture .npz."
+        )
     return problems[name]()
 
 

@@ -79,6 +79,7 @@ def test_marginal_mixture():
         (([1.0], [[0.0, 1.0]], [[[1.0]]]), "covs must be shaped"),
         (([1.0], [[0.0, 0.0]], [[[1.0, 0.5], [0.2, 1.0]]]), "symmetric"),
         (([1.0], [[0.0, 0.0]], [[[1.0, 2.0], [2.0, 1.0]]]), "positive definite"),
+        (([1.0], [[0.0, np.nan]], [[[1.0, 0.0], [0.0, 1.0]]]), "finite"),
     ],
 )
 def test_bad_mixture_raises(args, match):
@@ -99,3 +100,38 @@ def test_unknown_names_raise():
         toy.sample_toy("spiral", jax.random.PRNGKey(0), 10)
     with pytest.raises(ValueError, match="valid names"):
         toy.build_problem("mixture_3d")
+
+
+def test_mixture_npz_round_trip(tmp_path):
+    mix = toy.mixture_image()
+    path = tmp_path / "mixture.npz"
+    covs = np.asarray(mix.covs, np.float64)
+    np.savez(path, weights=np.asarray(mix.weights), means=np.asarray(mix.means).reshape((2,) + mix.event_shape),
+             covs=(covs + np.swapaxes(covs, 1, 2)) / 2)  # symmetric again after float32 round-off
+    loaded = toy.build_problem(str(path))
+    assert loaded.event_shape == mix.event_shape
+    x = mix.sample(jax.random.PRNGKey(0), 16)
+    np.testing.assert_allclose(loaded.log_prob(x), mix.log_prob(x), rtol=1e-5)
+
+
+def write_text(path, text):
+    path.write_text(text)
+
+
+@pytest.mark.parametrize(
+    "write, match",
+    [
+        (lambda p: np.savez(p, weights=[1.0], means=[[0.0, 0.0]]), r"missing array\(s\) \['covs'\]"),
+        (lambda p: np.savez(p, weights=[1.0], means=[[0.0, 0.0]], covs=np.eye(3)[None]), "covs must be shaped"),
+        (lambda p: np.savez(p, weights=[1.0], means=[[0.0, 0.0]], covs=[[[1.0, 2.0], [2.0, 1.0]]]), "positive definite"),
+        (lambda p: np.savez(p, weights=np.array([{}], dtype=object), means=[[0.0]], covs=[[[1.0]]]), "Object arrays"),
+        (lambda p: write_text(p, "weights,means,covs"), "is not an .npz archive"),
+        (lambda p: None, "does not exist"),
+    ],
+    ids=["missing-array", "wrong-shape", "not-positive-definite", "pickled", "not-npz", "absent"],
+)
+def test_malformed_mixture_npz_raises(tmp_path, write, match):
+    path = tmp_path / "mixture.npz"
+    write(path)
+    with pytest.raises(ValueError, match=f"mixture file .*mixture.npz.*{match}"):
+        toy.build_problem(str(path))
