@@ -25,6 +25,10 @@ class Sampler(abc.ABC):
     ) -> tuple[Array, Array]:
         """Maps x ~ p_T: [B, ...] to x ~ p_eps; returns (x, number of score evaluations made)."""
 
+    def with_nfe(self, nfe: int) -> "Sampler":
+        """This sampler set to make at most `nfe` score evaluations per solve (benchmarks at equal cost)."""
+        raise ValueError(f"{type(self).__name__} chooses its own steps; it cannot be set to {nfe} evaluations.")
+
 
 def require(condition: bool, message: str) -> None:
     """Raises ValueError(message) unless condition holds: settings are checked at construction."""
@@ -49,6 +53,25 @@ class FixedStepSampler(Sampler):
     @property
     def min_steps(self) -> int:
         return 1
+
+    def nfe(self) -> int:
+        """Score evaluations one solve makes: one per step, unless a sampler overrides this."""
+        return self.num_steps
+
+    def with_nfe(self, nfe: int) -> "FixedStepSampler":
+        """The same sampler with the most steps whose solve makes at most `nfe` score evaluations.
+
+        Raises:
+          ValueError: if even `min_steps` steps cost more than `nfe` evaluations.
+        """
+        with_steps = lambda n: dataclasses.replace(self, num_steps=n)
+        fitting = [n for n in range(self.min_steps, max(nfe, self.min_steps) + 1) if with_steps(n).nfe() <= nfe]
+        require(
+            bool(fitting),
+            f"{type(self).__name__} makes at least {with_steps(self.min_steps).nfe()} score evaluations; "
+            f"asked for {nfe}.",
+        )
+        return with_steps(fitting[-1])
 
     def grid(self, sde: SDE, eps: float) -> Array:
         return schedules.build_schedule(self.schedule, sde, self.num_steps, eps)

@@ -161,7 +161,11 @@ class PC(FixedStepSampler):
 
         return step
 
+    def nfe(self) -> int:
+        """One evaluation per predictor step and one per corrector round, unless they are "none"."""
+        per_step = PREDICTORS[self.predictor][1] + self.n_corrector_steps * CORRECTORS[self.corrector][1]
+        return self.num_steps * per_step
+
     def solve(self, key, sde, score_fn, x, eps, axis_name=None):
         x = scan_grid(self.step_fn(key, sde, score_fn, axis_name), x, self.grid(sde, eps))
-        nfe_per_step = PREDICTORS[self.predictor][1] + self.n_corrector_steps * CORRECTORS[self.corrector][1]
-        return x, jnp.asarray(self.num_steps * nfe_per_step, jnp.int32)
+        return x, jnp.asarray(self.nfe(), jnp.int32)
