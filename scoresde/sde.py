@@ -111,6 +111,10 @@ class SDE(abc.ABC):
         sigma2 = batch_broadcast(self.sigma(t) ** 2, x)
         return (x + sigma2 * score) / batch_broadcast(self.alpha(t), x)
 
+    def data_prediction(self, score_fn: ScoreFn, x: Array, t: Array) -> Array:
+        """The data-prediction model x0(x_t, t) = E[x_0 | x_t] of a score function: one score evaluation."""
+        return self.denoise(score_fn(x, t), x, t)
+
     def check_eps(self, eps: float) -> None:
         _require(0.0 < eps < self.T, f"eps must lie in (0, T) = (0, {self.T}); got eps={eps!r}.")
 

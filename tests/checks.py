@@ -50,3 +50,14 @@ def _within(what: str, got, want, standard_error) -> None:
 
 def exact_draws(mix: GaussianMixture, n: int, seed: int = 12345) -> jax.Array:
     return mix.sample(jax.random.PRNGKey(seed), n)
+
+
+def count_calls(score_fn):
+    """Wraps score_fn so every evaluation, also inside jit and scan, increments a host-side counter."""
+    calls = [0]
+
+    def counted(x, t):
+        jax.debug.callback(lambda: calls.__setitem__(0, calls[0] + 1))
+        return score_fn(x, t)
+
+    return counted, calls

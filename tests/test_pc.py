@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 import scoresde as sd
-from checks import assert_matches_mixture, exact_draws
+from checks import assert_matches_mixture, count_calls, exact_draws
 from scoresde import toy
 from scoresde.samplers.pc import CORRECTORS, PREDICTORS
 
@@ -98,17 +98,6 @@ def test_x_init_is_honoured():
     a, _ = fn(jax.random.PRNGKey(0), x_init)
     b, _ = fn(jax.random.PRNGKey(0), x_init + 1.0)
     assert not np.allclose(a, b)
-
-
-def count_calls(score_fn):
-    """Wraps score_fn so every evaluation, also inside jit and scan, increments a host-side counter."""
-    calls = [0]
-
-    def counted(x, t):
-        jax.debug.callback(lambda: calls.__setitem__(0, calls[0] + 1))
-        return score_fn(x, t)
-
-    return counted, calls
 
 
 @pytest.mark.parametrize("predictor, corrector, n_corr", [("ancestral", "langevin", 2), ("none", "ald", 1),
