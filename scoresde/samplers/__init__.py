@@ -7,12 +7,22 @@ from typing import Any
 import jax
 
 from scoresde.samplers.base import FixedStepSampler, Sampler, per_example
+from scoresde.samplers.exponential import DDIM, DPMSolverPP, UniPC
+from scoresde.samplers.ode import RK45, Euler, Heun
 from scoresde.samplers.pc import PC
 from scoresde.sde import SDE, ScoreFn
 
 Array = jax.Array
 
-_SAMPLERS = {"pc": PC}
+_SAMPLERS = {
+    "pc": PC,
+    "euler": Euler,
+    "heun": Heun,
+    "ddim": DDIM,
+    "dpm_solver_pp": DPMSolverPP,
+    "unipc": UniPC,
+    "rk45": RK45,
+}
 
 
 def build_sampler(name: str, **settings) -> Sampler:
@@ -80,4 +90,16 @@ def sample(
     return x, nfe
 
 
-__all__ = ["FixedStepSampler", "PC", "Sampler", "build_sampler", "sample"]
+__all__ = [
+    "DDIM",
+    "DPMSolverPP",
+    "Euler",
+    "FixedStepSampler",
+    "Heun",
+    "PC",
+    "RK45",
+    "Sampler",
+    "UniPC",
+    "build_sampler",
+    "sample",
+]

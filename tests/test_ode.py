@@ -1,0 +1,157 @@
+"""Probability-flow ODE solvers, all of them: convergence orders, x_init, determinism, true NFE, bad input."""
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import scoresde as sd
+from checks import assert_matches_mixture, count_calls, exact_draws
+from scoresde import toy
+from scoresde.samplers import DDIM, RK45, DPMSolverPP, Euler, Heun, UniPC
+
+SDES = {"vp": sd.VPSDE(), "subvp": sd.SubVPSDE(), "ve": sd.VESDE()}
+MIX_2D = toy.mixture_2d()
+NUM_PATHS = 64
+
+
+@functools.cache
+def endpoint_fn(sde_name, sampler):
+    """jit((key, x_T) -> x_eps) with the exact mixture score and no final denoising step."""
+    sde = SDES[sde_name]
+    return jax.jit(lambda key, x: sd.sample(key, sde, MIX_2D.score_fn(sde), x.shape, sampler, x_init=x,
+                                            denoise=False)[0])
+
+
+@functools.cache
+def reference(sde_name):
+    """x_T and its image under a tight RK45 solve (rtol = atol = 1e-12, float64): errors below ~1e-10."""
+    x = SDES[sde_name].prior_sampling(jax.random.PRNGKey(1), (NUM_PATHS, 2)).astype(jnp.float64)
+    return x, endpoint_fn(sde_name, RK45(rtol=1e-12, atol=1e-12))(jax.random.PRNGKey(0), x)
+
+
+def observed_order(sde_name, make_sampler, step_counts):
+    """Slope of -log(pathwise error) against log(steps), least squares; error = RMS over paths of |x - x_ref|."""
+    with jax.enable_x64(True):
+        x, ref = reference(sde_name)
+        errors = []
+        for n in step_counts:
+            out = endpoint_fn(sde_name, make_sampler(n))(jax.random.PRNGKey(0), x)
+            errors.append(float(jnp.sqrt(jnp.mean(jnp.sum((out - ref) ** 2, axis=-1)))))
+    return -np.polyfit(np.log(step_counts), np.log(errors), 1)[0], errors
+
+
+# (theoretical order, step counts N and 4N), each solver on its default grid. The counts start where the slope has
+# settled on every SDE (measured from 32 to 2048 steps, README): below them the multistep solvers still feel their
+# lower-order first steps and UniPC-3 converges faster than its order; at 4N the errors stay 10x or more above the
+# reference's. UniPC's claim is p + 1 for UniPC-p.
+ORDERS = {
+    "euler": (Euler, 1, (64, 256)),
+    "heun": (Heun, 2, (32, 128)),
+    "ddim": (DDIM, 1, (64, 256)),
+    "dpm_solver_pp_2m": (functools.partial(DPMSolverPP, order=2), 2, (128, 512)),
+    "dpm_solver_pp_3m": (functools.partial(DPMSolverPP, order=3), 3, (128, 512)),
+    "unipc_2": (functools.partial(UniPC, order=2), 3, (128, 512)),
+    "unipc_3": (functools.partial(UniPC, order=3), 4, (512, 2048)),
+}
+# Under VE one of the 64 paths starts near the boundary between two modes; Euler keeps it on the wrong side up to
+# ~200 steps, so its error is only asymptotic from there.
+STEPS_ON = {("euler", "ve"): (256, 1024)}
+
+
+def check_order(solver, sde_name):
+    make, order, steps = ORDERS[solver]
+    slope, errors = observed_order(sde_name, lambda n: make(num_steps=n), STEPS_ON.get((solver, sde_name), steps))
+    assert abs(slope - order) <= 0.4, f"order {slope:.2f}, expected {order}; errors {errors}"
+
+
+@pytest.mark.parametrize("solver", ORDERS)
+def test_convergence_order_vp(solver):
+    check_order(solver, "vp")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("sde_name", ["subvp", "ve"])
+@pytest.mark.parametrize("solver", ORDERS)
+def test_convergence_order_other_sdes(solver, sde_name):
+    check_order(solver, sde_name)
+
+
+# Every sampler, small: (sampler, deterministic, NFE before the final denoising step).
+SMALL = {
+    "euler": (Euler(num_steps=5), True, 5),
+    "heun": (Heun(num_steps=5), True, 9),
+    "heun_churn": (Heun(num_steps=5, s_churn=2.0, s_tmin=0.05, s_tmax=50.0), False, 9),
+    "ddim": (DDIM(num_steps=5), True, 5),
+    "ddim_eta": (DDIM(num_steps=5, eta=0.5), False, 5),
+    "dpm_solver_pp_3m": (DPMSolverPP(num_steps=5, order=3), True, 5),
+    "unipc_3": (UniPC(num_steps=5, order=3), True, 5),
+    "rk45": (RK45(rtol=1e-3, atol=1e-3), True, None),
+}
+
+
+@pytest.mark.parametrize("name", SMALL)
+def test_x_init_key_and_nfe(name):
+    """Same key: bitwise the same; another x_init: another result; a new key changes only stochastic samplers; the
+    reported NFE is the number of score evaluations actually made (counted inside jit), final denoising included."""
+    sampler, deterministic, steps_nfe = SMALL[name]
+    sde = SDES["subvp"]
+    score_fn, calls = count_calls(MIX_2D.score_fn(sde))
+    fn = jax.jit(lambda key, x: sd.sample(key, sde, score_fn, x.shape, sampler, x_init=x))
+    x_init = sde.prior_sampling(jax.random.PRNGKey(3), (8, 2))
+    a, nfe = fn(jax.random.PRNGKey(0), x_init)
+    jax.effects_barrier()
+    assert np.all(np.isfinite(a))
+    assert int(nfe) == calls[0]
+    if steps_nfe is not None:
+        assert int(nfe) == steps_nfe + 1
+    np.testing.assert_array_equal(a, fn(jax.random.PRNGKey(0), x_init)[0])
+    assert not np.allclose(a, fn(jax.random.PRNGKey(0), x_init + 0.5)[0])
+    other_key = fn(jax.random.PRNGKey(1), x_init)[0]
+    if deterministic:
+        np.testing.assert_array_equal(a, other_key)
+    else:
+        assert not np.allclose(a, other_key)
+
+
+def test_heun_with_churn_samples_the_mixture():
+    """EDM's stochastic sampler: churn adds noise and Heun steps remove it; the marginals must stay right."""
+    sde = SDES["vp"]
+    sampler = Heun(num_steps=64, s_churn=30.0, s_tmin=0.01, s_tmax=10.0)
+    x, nfe = jax.jit(lambda k: sd.sample(k, sde, MIX_2D.score_fn(sde), (4000, 2), sampler))(jax.random.PRNGKey(0))
+    assert int(nfe) == 2 * 64
+    assert_matches_mixture(MIX_2D, x, exact_draws(MIX_2D, 4000))
+
+
+@pytest.mark.parametrize(
+    "make, match",
+    [
+        (lambda: Euler(schedule="cosine"), r"unknown schedule 'cosine'; valid names: \['uniform'"),
+        (lambda: sd.samplers.build_sampler("dpm_solver", num_steps=10), r"unknown sampler 'dpm_solver'; valid names"),
+        (lambda: DPMSolverPP(order=4), r"DPMSolverPP: order must be one of \[1, 2, 3\]; got order=4"),
+        (lambda: UniPC(order=1), r"UniPC: order must be one of \[2, 3\]; got order=1"),
+        (lambda: DPMSolverPP(order=3, num_steps=2), r"DPMSolverPP: num_steps must be an integer >= 3; got 2"),
+        (lambda: UniPC(order=3, num_steps=2), r"UniPC: num_steps must be an integer >= 3; got 2"),
+        (lambda: Heun(num_steps=0), r"Heun: num_steps must be an integer >= 1; got 0"),
+        (lambda: RK45(rtol=0.0), r"RK45: rtol must be > 0; got rtol=0.0"),
+        (lambda: RK45(atol=-1.0), r"RK45: atol must be > 0; got atol=-1.0"),
+        (lambda: DDIM(eta=-0.1), r"DDIM: eta must lie in \[0, 1\]; got eta=-0.1"),
+        (lambda: DDIM(eta=1.5), r"DDIM: eta must lie in \[0, 1\]; got eta=1.5"),
+        (lambda: Heun(s_churn=-1.0), r"Heun: s_churn must be >= 0; got s_churn=-1.0"),
+        (lambda: Heun(s_noise=0.0), r"Heun: s_noise must be > 0; got s_noise=0.0"),
+        (lambda: Heun(s_tmin=2.0, s_tmax=1.0), r"Heun: need 0 <= s_tmin <= s_tmax"),
+    ],
+)
+def test_bad_settings_raise(make, match):
+    with pytest.raises(ValueError, match=match):
+        make()
+
+
+@pytest.mark.parametrize(
+    "name, cls", [("euler", Euler), ("heun", Heun), ("ddim", DDIM), ("dpm_solver_pp", DPMSolverPP),
+                  ("unipc", UniPC), ("rk45", RK45)]
+)
+def test_build_sampler_knows_every_solver(name, cls):
+    assert isinstance(sd.samplers.build_sampler(name), cls)
