@@ -15,7 +15,8 @@ import time
 import jax
 
 import scoresde as sd
-from benchmarks.common import time_call, write_json
+from scoresde.bench.report import write_json
+from scoresde.bench.timing import time_call
 
 
 def main() -> None:
@@ -62,6 +63,7 @@ def main() -> None:
     print(f"| Python loop of jitted steps | {loop_compile:.2f} | {loop_time:.3f} |")
     print(f"Python loop / scan: {result['loop_over_scan']:.2f}x")
     write_json(args.out, result)
+    print(f"wrote {args.out}")
 
 
 if __name__ == "__main__":

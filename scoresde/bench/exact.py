@@ -1,0 +1,130 @@
+"""`scoresde bench samplers` on an exact score: a Gaussian-mixture problem, every SDE x sampler x NFE.
+
+With the exact score every error is the sampler's own, so the leaderboard separates solver error from network
+error, which FID on trained models mixes (and which costs GPU-days to measure).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+
+from scoresde import sde as sde_lib
+from scoresde import toy
+from scoresde.bench.accuracy import (REFERENCE_TOL, distribution_errors, distribution_floors, endpoint_fn,
+                                     exact_draws, pathwise_error, reference_sampler)
+from scoresde.bench.grid import Case, GridResults, as_figure, run_grid, sampler_from_spec
+from scoresde.bench.timing import time_call
+from scoresde.samplers.base import require
+from scoresde.sde import SDE
+from scoresde.toy import GaussianMixture
+
+Array = jax.Array
+
+
+def exact_case(
+    key: Array,
+    mix: GaussianMixture,
+    sde: SDE,
+    x_init: Array,
+    *,
+    reference_tol: float = REFERENCE_TOL,
+    floor_repeats: int = 8,
+    repeats: int = 1,
+    distribution: bool = True,
+) -> Case:
+    """A case with the exact score of `mix` under `sde`; the target is its marginal at t = eps.
+
+    Args:
+      key: PRNG key for the exact draws and the sliced Wasserstein directions.
+      mix: the data distribution.
+      sde: the forward process.
+      x_init: [N, *event] the x_T every sampler starts from (e.g. `sde.prior_sampling`); N exact draws are
+        compared with the N samples.
+      reference_tol: rtol = atol of the reference RK45 solve.
+      floor_repeats: exact-vs-exact pairs averaged for the Monte Carlo floors.
+      repeats: timed calls of the reference solve (its median is reported).
+      distribution: also score against exact draws (else the pathwise error only, as convergence tests need).
+
+    The dtype of x_init (float64 inside `jax.enable_x64(True)`) carries through every solve.
+    """
+    k_exact, k_distance, k_floor = jax.random.split(key, 3)
+    num_samples = x_init.shape[0]
+    score_fn = mix.score_fn(sde)
+    reference = endpoint_fn(sde, score_fn, reference_sampler(reference_tol))
+    first, run_s = time_call(lambda: reference(key, x_init), repeats)
+    x_ref, ref_nfe = reference(key, x_init)
+    summary = {
+        "num_samples": num_samples,
+        "reference": {"sampler": repr(reference_sampler(reference_tol)), "nfe": int(ref_nfe),
+                      "compile_s": first - run_s, "run_s": run_s},
+    }
+    target = mix.marginal(sde, sde.default_eps)
+    if distribution:
+        exact = exact_draws(target, k_exact, num_samples)
+        floors = distribution_floors(k_floor, target, num_samples, num_repeats=floor_repeats)
+        summary["floors"] = {name: as_figure(v) for name, v in floors.items()}
+
+    def evaluate(x: Array, deterministic: bool) -> dict:
+        figures = {"pathwise": pathwise_error(x, x_ref) if deterministic else None}
+        return {**figures, **distribution_errors(k_distance, target, x, exact)} if distribution else figures
+
+    return Case(sde=sde, score_fn=score_fn, x_init=x_init, evaluate=evaluate, summary=summary)
+
+
+DEFAULT_SAMPLERS = ("euler", "heun", "ddim", "dpm_solver_pp", "dpm_solver_pp:order=3", "unipc", "pc")
+
+
+@dataclasses.dataclass(frozen=True)
+class ExactBench:
+    """Settings of `scoresde bench samplers` on an exact-score problem.
+
+    Attributes:
+      problem: "mixture_2d", "mixture_image", or a path to an .npz holding weights [K], means [K, ...] and
+        covs [K, D, D].
+      sdes: forward processes, by `build_sde` name.
+      samplers: specs for `sampler_from_spec`, e.g. "unipc:order=3".
+      nfes: target score evaluations per solve.
+      num_samples: paths per sampler and exact draws per comparison.
+      floor_repeats: exact-vs-exact pairs averaged for each Monte Carlo floor.
+      repeats: timed calls per cell after the compiling one.
+      seed: seeds every draw; the same seed reproduces every accuracy figure exactly.
+    """
+
+    problem: str = "mixture_2d"
+    sdes: tuple[str, ...] = ("vpsde", "subvpsde", "vesde")
+    samplers: tuple[str, ...] = DEFAULT_SAMPLERS
+    nfes: tuple[int, ...] = (5, 10, 20, 50, 100, 1000)
+    num_samples: int = 4000
+    floor_repeats: int = 8
+    repeats: int = 3
+    seed: int = 0
+
+    def __post_init__(self):
+        require(bool(self.sdes and self.samplers and self.nfes), "need at least one SDE, sampler and NFE.")
+        require(all(isinstance(n, int) and n >= 1 for n in self.nfes),
+                f"NFEs must be integers >= 1; got {self.nfes}.")
+        require(self.num_samples >= 2, f"num_samples must be >= 2; got {self.num_samples}.")
+        require(self.floor_repeats >= 1, f"floor_repeats must be >= 1; got {self.floor_repeats}.")
+
+
+# Under a minute on two CPU cores, compile time included (measured in tests/test_bench.py).
+QUICK = ExactBench(sdes=("vpsde",), samplers=("euler", "heun", "dpm_solver_pp", "pc"), nfes=(10, 50),
+                   num_samples=1000, floor_repeats=4, repeats=1)
+
+
+def bench_exact(settings: ExactBench, *, progress: bool = True) -> GridResults:
+    """Runs the grid of `settings`; bad names or files and too small NFEs fail before any work."""
+    mix = toy.build_problem(settings.problem)
+    sdes = {name: sde_lib.build_sde(name) for name in settings.sdes}
+    samplers = {spec: sampler_from_spec(spec) for spec in settings.samplers}
+    k_init, k_cases, k_samplers = jax.random.split(jax.random.PRNGKey(settings.seed), 3)
+    shape = (settings.num_samples,) + mix.event_shape
+    cases = {
+        name: lambda sde=sde: exact_case(k_cases, mix, sde, sde.prior_sampling(k_init, shape),
+                                         floor_repeats=settings.floor_repeats, repeats=settings.repeats)
+        for name, sde in sdes.items()
+    }
+    return run_grid(cases, samplers, settings.nfes, key=k_samplers, repeats=settings.repeats,
+                    progress=progress)

@@ -1,0 +1,155 @@
+"""Sampler benchmarks: NFE targeting, shared accuracy machinery, reproducibility, reports, bad input."""
+
+import dataclasses
+import json
+
+import jax
+import numpy as np
+import pytest
+
+import scoresde as sd
+from scoresde import metrics, toy
+from scoresde.bench import accuracy, command, exact, grid, overhead, report
+from scoresde.samplers import PC, RK45, DPMSolverPP, Euler, Heun, UniPC
+
+
+@pytest.mark.parametrize(
+    "sampler, target, steps, nfe",
+    [
+        (Euler(), 7, 7, 7),
+        (Heun(), 10, 5, 9),  # 2N - 1: the last step is Euler's
+        (PC(), 5, 2, 4),  # predictor + one corrector round per step
+        (PC(n_corrector_steps=2), 10, 3, 9),
+        (PC(corrector="none"), 5, 5, 5),
+        (DPMSolverPP(order=3), 3, 3, 3),
+        (UniPC(), 1000, 1000, 1000),
+    ],
+)
+def test_with_nfe_takes_the_most_steps_within_the_budget(sampler, target, steps, nfe):
+    configured = sampler.with_nfe(target)
+    assert (configured.num_steps, configured.nfe()) == (steps, nfe)
+    assert configured == dataclasses.replace(sampler, num_steps=steps)
+
+
+@pytest.mark.parametrize(
+    "sampler, target, match",
+    [
+        (PC(), 1, "PC makes at least 2 score evaluations; asked for 1"),
+        (DPMSolverPP(order=3), 2, "DPMSolverPP makes at least 3 score evaluations; asked for 2"),
+        (UniPC(order=3), 2, "UniPC makes at least 3 score evaluations; asked for 2"),
+        (RK45(), 50, "RK45 chooses its own steps"),
+    ],
+)
+def test_nfe_below_a_samplers_minimum_raises(sampler, target, match):
+    with pytest.raises(ValueError, match=match):
+        sampler.with_nfe(target)
+
+
+def test_sampler_specs():
+    assert grid.sampler_from_spec("dpm_solver_pp:order=3") == DPMSolverPP(order=3)
+    assert grid.sampler_from_spec("pc:predictor=ancestral:snr=0.2") == PC(predictor="ancestral", snr=0.2)
+    with pytest.raises(ValueError, match=r"unknown sampler 'dpm'; valid names: \["):
+        grid.sampler_from_spec("dpm")
+    with pytest.raises(ValueError, match=r"unknown setting\(s\) \['rho'\]; valid settings of unipc: \["):
+        grid.sampler_from_spec("unipc:rho=7")
+    with pytest.raises(ValueError, match="setting 'order' is not key=value"):
+        grid.sampler_from_spec("unipc:order")
+
+
+def test_convergence_order_recovers_a_power_law():
+    nfes = np.array([10.0, 20.0, 40.0, 80.0])
+    assert accuracy.convergence_order(nfes, 3.0 * nfes**-2.5) == pytest.approx(2.5, abs=1e-12)
+    with pytest.raises(ValueError, match="at least two"):
+        accuracy.convergence_order([10], [0.1])
+
+
+def test_pathwise_error_is_rms_of_path_distances():
+    x = np.zeros((2, 3, 4))
+    y = np.zeros((2, 3, 4))
+    y[0, 0, 0], y[1] = 3.0, 1.0  # path distances 3 and sqrt(12)
+    assert accuracy.pathwise_error(x, y) == pytest.approx(np.sqrt((9.0 + 12.0) / 2))
+
+
+def test_floors_are_the_mean_distance_of_exact_sample_sets():
+    """The sliced Wasserstein floor is metrics.sliced_wasserstein_floor's; a floor is what exact draws score."""
+    target = toy.mixture_2d().marginal(sd.VPSDE(), 1e-3)
+    key = jax.random.PRNGKey(0)
+    floors = accuracy.distribution_floors(key, target, 500, num_repeats=2)
+    sw_floor = metrics.sliced_wasserstein_floor(key, target.sample, 500, num_repeats=2)
+    np.testing.assert_allclose(floors["sliced_wasserstein"], sw_floor, rtol=1e-6)
+    x, y = (target.sample(k, 500) for k in jax.random.split(jax.random.PRNGKey(2)))
+    errors = accuracy.distribution_errors(jax.random.PRNGKey(1), target, x, y)
+    for name in accuracy.DISTRIBUTION_FIGURES:
+        assert 0.0 < float(errors[name]) < 4.0 * float(floors[name]), (name, errors[name], floors[name])
+
+
+TINY = exact.ExactBench(sdes=("vpsde",), samplers=("euler", "pc"), nfes=(4, 8), num_samples=200,
+                        floor_repeats=2, repeats=1)
+
+
+def accuracy_figures(results):
+    return ([(r.case, r.sampler, r.nfe_target, r.nfe, r.settings, r.figures) for r in results.records],
+            {name: case["floors"] for name, case in results.cases.items()})
+
+
+def test_same_seed_reproduces_every_accuracy_figure():
+    first = exact.bench_exact(TINY, progress=False)
+    assert accuracy_figures(first) == accuracy_figures(exact.bench_exact(TINY, progress=False))
+    records = {(r.sampler, r.nfe_target): r for r in first.records}
+    assert [records["euler", n].nfe for n in (4, 8)] == [4, 8]
+    assert [records["pc", n].nfe for n in (4, 8)] == [4, 8]
+    assert records["euler", 8].figures["pathwise"] < records["euler", 4].figures["pathwise"]
+    assert all(r.figures["pathwise"] is None for r in first.records if r.sampler == "pc")  # stochastic
+    assert all(r.figures[name] > 0 for r in first.records for name in accuracy.DISTRIBUTION_FIGURES)
+
+
+@pytest.mark.parametrize(
+    "what, overrides, match",
+    [
+        ("samplers", {"samplers": ["euler", "midpoint"]}, r"unknown sampler 'midpoint'; valid names"),
+        ("samplers", {"problem": "mixture_3d"}, r"unknown exact-score problem 'mixture_3d'; valid names"),
+        ("samplers", {"sdes": ["vp"]}, r"unknown SDE 'vp'; valid names"),
+        ("samplers", {"samplers": ["pc"], "nfes": ["1"]}, "PC makes at least 2 score evaluations; asked for"),
+        ("samplers", {"nfes": ["10", "x"]}, "--nfes must be positive integers; got 10,x"),
+        ("samplers", {"models": ["mlp"]}, r"bench samplers does not take \['--models'\]"),
+        ("overhead", {"models": ["unet"]}, r"unknown model\(s\) \['unet'\]; valid names"),
+        ("leaderboard", {}, r"bench needs what to benchmark, one of \['overhead', 'samplers'\]"),
+    ],
+)
+def test_bad_input_fails_before_any_work(what, overrides, match, tmp_path):
+    with pytest.raises(ValueError, match=match):
+        command.run(what, overrides, outdir=str(tmp_path), progress=False)
+    assert not any(tmp_path.iterdir())
+
+
+def synthetic_payload():
+    record = lambda sampler, nfe, pathwise, sw: dict(
+        case="vpsde", sampler=sampler, nfe_target=nfe, nfe=nfe, settings="", compile_s=1.0, run_s=1e-3 * nfe,
+        figures={"pathwise": pathwise, "sliced_wasserstein": sw, "mode_weights": 0.01, "mode_means": 0.02,
+                 "mode_covs": 0.03})
+    floors = {"sliced_wasserstein": 0.05, "mode_weights": 0.005, "mode_means": 0.006, "mode_covs": 0.007}
+    reference = {"sampler": "RK45", "nfe": 300, "compile_s": 1.0, "run_s": 0.01}
+    records = [record("heun", 9, 0.1, 0.2), record("heun", 19, 0.02, 0.1), record("pc", 10, None, 0.3)]
+    case = {"num_samples": 100, "floors": floors, "reference": reference}
+    return {"cases": {"vpsde": case}, "records": records}
+
+
+def test_report_prints_every_floor_beside_its_figure_and_draws_plots(tmp_path):
+    payload = synthetic_payload()
+    paths = report.write_report(tmp_path, payload)
+    assert json.loads(paths[0].read_text()) == payload
+    rows = [line for line in paths[1].read_text().splitlines() if line.startswith(("| heun", "| pc"))]
+    assert rows[0] == ("| heun | 9 | 0.1 | 0.2 (0.05) | 0.01 (0.005) | 0.02 (0.006) | 0.03 (0.007) "
+                       "| 1.00 | 9.00 |")
+    assert rows[2].startswith("| pc | 10 | n/a | 0.3 (0.05) |")
+    for png in paths[2:]:
+        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size < 200_000
+
+
+def test_overhead_of_a_sampler_loop():
+    rows = overhead.bench_overhead(overhead.OverheadBench(models=("mlp",), samplers=("euler",), nfes=(4,),
+                                                          repeats=1), progress=False)
+    (row,) = rows
+    assert (row["model"], row["sampler"], row["nfe"]) == ("mlp", "euler", 4)
+    assert row["overhead"] == pytest.approx(row["run_ms"] / (4 * row["score_ms"]))
+    assert 0.2 < row["overhead"] < 20.0
