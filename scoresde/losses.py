@@ -15,9 +15,9 @@ drawn and in w:
   2021b, Sec. 5). For a linear SDE g^2 / sigma^2 = -d lambda_snr / dt (lambda_snr = log alpha^2 / sigma^2), so
   t is the log-SNR drawn uniformly and mapped back by `sde.t_from_log_snr`, and w is the constant
   (lambda_snr(eps) - lambda_snr(T)) / (T - eps).
-* "ddpm": DDPM's epsilon-MSE over N = num_scales noise levels (Ho et al. 2020, Eq. 14): t = (i + 1) / N, whose VP
-  marginal is DDPM's alpha-bar_i up to O(1/N) (Song et al. 2021, App. B); w = 1, so with the "epsilon"
-  parametrization the loss is || F - z ||^2.
+* "ddpm": DDPM's epsilon-MSE over N = num_scales noise levels (Ho et al. 2020, Eq. 14): t = (i + 1) / N,
+  whose VP marginal is DDPM's alpha-bar_i up to O(1/N) (Song et al. 2021, App. B); w = 1, so with the
+  "epsilon" parametrization the loss is || F - z ||^2.
 * "smld": the NCSN loss over N geometric noise levels sigma_min ... sigma_max (Song & Ermon 2019, Eq. 2):
   t evenly spaced on [eps, T], lambda = sigma^2.
 
@@ -72,7 +72,7 @@ def likelihood_weight(sde: SDE, t: Array, eps: float) -> Array:
 
 
 def importance_weight(sde: SDE, t: Array, eps: float) -> Array:
-    """The normaliser of p(t) ~ g^2 / sigma^2 over the uniform density: the likelihood weight divided by p(t)."""
+    """The likelihood weight over the density p(t) ~ g^2 / sigma^2 it is drawn from: the normaliser of p."""
     ends = sde.log_snr(jnp.array([sde.T, eps]))
     return jnp.full_like(t, (ends[1] - ends[0]) / (sde.T - eps))
 

@@ -1,9 +1,9 @@
 """Tests for scoresde/losses.py against the exact score of a Gaussian mixture.
 
-The per-example DSM loss is exactly quadratic in a perturbation delta of the score, l(delta) = l(0) + 2 b delta +
-c delta^2, when the same key (same t and z) is used. The true score minimises the expected loss, so the
-estimated slope b must vanish within its Monte Carlo standard error for every loss, SDE and direction, while
-the loss grows for a finite perturbation.
+The per-example DSM loss is exactly quadratic in a perturbation delta of the score,
+l(delta) = l(0) + 2 b delta + c delta^2, when the same key (same t and z) is used. The true score minimises
+the expected loss, so the estimated slope b must vanish within its Monte Carlo standard error for every loss,
+SDE and direction, while the loss grows for a finite perturbation.
 
 Monte Carlo batches are evaluated in chunks of CHUNK examples under `lax.map`: jaxlib 0.10.2's CPU YNNPACK
 fusion miscomputes f(a) * sum(g(b) * z) when f and g are the same transcendental op on vectors of >= 4096
@@ -100,11 +100,12 @@ def test_exact_score_minimises_the_loss(sde_name, loss_name):
 
 def test_a_wrong_score_is_detected():
     # The control for the test above: the score of another time is not the minimiser.
-    b, _, _ = jax.jit(lambda key: _quadratic_terms(key, "vpsde", "dsm", time_shift=0.8))(jax.random.PRNGKey(0))
+    wrong = jax.jit(lambda key: _quadratic_terms(key, "vpsde", "dsm", time_shift=0.8))
+    b, _, _ = wrong(jax.random.PRNGKey(0))
     assert _slope_z_scores(b).max() > 2 * Z
 
 
-# For VE, g^2 / sigma^2 is constant, so importance sampling is uniform sampling and cannot reduce the variance.
+# For VE, g^2 / sigma^2 is constant: importance sampling is uniform sampling and cannot reduce the variance.
 VARIANCE_RATIO_BOUND = {"vpsde": 0.2, "subvpsde": 0.2, "vesde": 1.1}
 
 
@@ -129,7 +130,8 @@ def test_reduce_sum_is_half_the_dimension_times_the_mean():
 
     @jax.jit
     def both(key):
-        return [losses.build_loss("dsm", reduce_mean=r)(key, sde, lambda x, t: -jnp.sin(x), x0) for r in (True, False)]
+        return [losses.build_loss("dsm", reduce_mean=r)(key, sde, lambda x, t: -jnp.sin(x), x0)
+                for r in (True, False)]
 
     mean, total = both(jax.random.PRNGKey(4))
     np.testing.assert_allclose(total, 0.5 * 15 * mean, rtol=1e-5)

@@ -1,4 +1,4 @@
-"""Tests for scoresde/models/parametrization.py: noise labels, output scaling, EDM preconditioning, scale_by_sigma."""
+"""Tests for scoresde/models/parametrization.py: noise labels, output scaling, EDM, scale_by_sigma."""
 
 import jax
 import jax.numpy as jnp

@@ -6,11 +6,12 @@ SDE:
 
 * "epsilon": F predicts the noise z (Ho et al. 2020, Eq. 12), score = -F(x, 999 t) / sigma(t). The reference's
   VP and sub-VP models (Song et al. 2021, `models/utils.py::get_score_fn`, continuous case).
-* "score": F is the score itself, conditioned on sigma(t) (NCSN, Song & Ermon 2019). The reference's VE models;
-  their `scale_by_sigma` option divides F's output by its noise label, which here is sigma(t), as there.
-* "edm": the preconditioning of Karras et al. 2022 (Table 1, Eq. 7) on the scaled variable x / alpha with noise
-  level sigma / alpha: D = c_skip x + c_out F(c_in x, sigma / alpha), score = (alpha D - x) / sigma^2 by Tweedie's
-  formula. F's label is sigma / alpha; its "fourier" embedding takes the log, EDM's c_noise up to a factor.
+* "score": F is the score itself, conditioned on sigma(t) (NCSN, Song & Ermon 2019). The reference's VE
+  models; their `scale_by_sigma` option divides F's output by its noise label, here sigma(t) as there.
+* "edm": the preconditioning of Karras et al. 2022 (Table 1, Eq. 7) on the scaled variable x / alpha with
+  noise level sigma / alpha: D = c_skip x + c_out F(c_in x, sigma / alpha), score = (alpha D - x) / sigma^2 by
+  Tweedie's formula. F's label is sigma / alpha; a "fourier" embedding takes its log, EDM's c_noise up to a
+  factor.
 
 `network_fn` adapts a Flax model to F and applies the reference models' input map 2 x - 1 for uncentered
 image data (`data.centered=False`), which our networks leave to the caller.
@@ -64,7 +65,7 @@ class Score(Parametrization):
 
 @dataclasses.dataclass(frozen=True)
 class EDM(Parametrization):
-    """Karras et al. 2022 preconditioning (Table 1): c_skip, c_out, c_in from the noise level s = sigma / alpha."""
+    """Karras et al. 2022 preconditioning (Table 1): c_skip, c_out, c_in of the noise level sigma / alpha."""
 
     sigma_data: float = 0.5
 

@@ -1,0 +1,105 @@
+"""Every config field at its default; experiment files in toy/, digits/ and cifar10/ override a few of them.
+
+Sections and field names are the reference implementation's (yang-song/score_sde, configs/), with its defaults
+for CIFAR-10 where it has the field; `scoresde.config` documents each field and converts this ConfigDict into
+typed dataclasses. Fields not in the reference: training.importance_weighting, training.eps,
+training.keep_checkpoints, model.parametrization, data.path / npz_key / label_key / test_fraction /
+num_train / num_test. The `model` section's keys other than name, ema_rate, parametrization, sigma_*, beta_*
+and num_scales are options of the network `model.name` (here the MLP's).
+"""
+
+import ml_collections
+from ml_collections import config_dict
+
+
+def get_config() -> ml_collections.ConfigDict:
+    config = ml_collections.ConfigDict()
+    config.seed = 42
+
+    config.training = training = ml_collections.ConfigDict()
+    training.sde = "vpsde"
+    training.continuous = True
+    training.reduce_mean = False
+    training.likelihood_weighting = False
+    training.importance_weighting = False
+    training.eps = 1e-5
+    training.batch_size = 128
+    training.n_iters = 1_300_000
+    training.n_jitted_steps = 5
+    training.log_freq = 50
+    training.eval_freq = 100
+    training.snapshot_freq = 50_000
+    training.snapshot_freq_for_preemption = 10_000
+    training.snapshot_sampling = True
+    training.keep_checkpoints = 0
+
+    config.sampling = sampling = ml_collections.ConfigDict()
+    sampling.method = "pc"
+    sampling.predictor = "euler_maruyama"
+    sampling.corrector = "none"
+    sampling.snr = 0.16
+    sampling.n_steps_each = 1
+    sampling.noise_removal = True
+
+    config.eval = evaluate = ml_collections.ConfigDict()
+    evaluate.batch_size = 1024
+    evaluate.num_samples = 50_000
+    evaluate.enable_sampling = False
+    evaluate.enable_bpd = False
+
+    config.data = data = ml_collections.ConfigDict()
+    data.dataset = "checkerboard"
+    data.image_size = config_dict.placeholder(int)
+    data.num_channels = 1
+    data.centered = False
+    data.uniform_dequantization = False
+    data.path = config_dict.placeholder(str)
+    data.npz_key = config_dict.placeholder(str)
+    data.label_key = config_dict.placeholder(str)
+    data.test_fraction = 0.1
+    data.num_train = 10_000
+    data.num_test = 2_000
+
+    config.model = model = ml_collections.ConfigDict()
+    model.name = "mlp"
+    model.ema_rate = 0.9999
+    model.parametrization = "epsilon"
+    model.sigma_min = 0.01
+    model.sigma_max = 50.0
+    model.beta_min = 0.1
+    model.beta_max = 20.0
+    model.num_scales = 1000
+    model.width = 256
+    model.depth = 3
+    model.embedding_type = "positional"
+    model.fourier_scale = 16.0
+    model.scale_by_sigma = False
+
+    config.optim = optim = ml_collections.ConfigDict()
+    optim.optimizer = "Adam"
+    optim.lr = 2e-4
+    optim.beta1 = 0.9
+    optim.eps = 1e-8
+    optim.weight_decay = 0.0
+    optim.warmup = 5000
+    optim.grad_clip = 1.0
+    return config
+
+
+# The reference's per-SDE choices (Song et al. 2021, App. H.1; its configs/{vp,subvp,ve}): VP and sub-VP
+# networks predict the noise from 999 t; VE networks output the score from Fourier features of sigma(t) and
+# divide by sigma(t).
+SDE_CHOICES = {
+    "vpsde": dict(parametrization="epsilon", embedding_type="positional", scale_by_sigma=False),
+    "subvpsde": dict(parametrization="epsilon", embedding_type="positional", scale_by_sigma=False),
+    "vesde": dict(parametrization="score", embedding_type="fourier", scale_by_sigma=True),
+}
+
+
+def with_sde(config: ml_collections.ConfigDict, sde: str) -> ml_collections.ConfigDict:
+    """Sets training.sde and the model fields the reference ties to it (SDE_CHOICES)."""
+    if sde not in SDE_CHOICES:
+        raise ValueError(f"unknown SDE {sde!r}; valid names: {sorted(SDE_CHOICES)}.")
+    config.training.sde = sde
+    config.model.update(SDE_CHOICES[sde])
+    return config

@@ -1,0 +1,50 @@
+"""Settings shared by the 2-D toy experiments: a residual MLP trained on CPU in a few minutes.
+
+Not a config by itself: checkerboard.py, swiss_roll.py and mixture.py call `toy_config(dataset, sde)`.
+"""
+
+import pathlib
+import runpy
+
+import ml_collections
+
+_default = runpy.run_path(str(pathlib.Path(__file__).parents[1] / "default.py"))
+
+
+def toy_config(dataset: str, sde: str) -> ml_collections.ConfigDict:
+    config = _default["with_sde"](_default["get_config"](), sde)
+    config.data.dataset = dataset
+    config.data.num_train = 10_000
+    config.data.num_test = 2_000
+
+    training = config.training
+    training.reduce_mean = True
+    training.batch_size = 256
+    training.n_iters = 8_000
+    training.n_jitted_steps = 50
+    training.log_freq = 200
+    training.eval_freq = 1_000
+    training.snapshot_freq = 8_000
+    training.snapshot_freq_for_preemption = 1_000
+    training.keep_checkpoints = 2
+
+    # In two dimensions the corrector's Langevin steps at the reference's snr 0.16 (tuned for 3072-dimensional
+    # CIFAR-10) scatter samples between the modes: sliced Wasserstein 0.35 with it, 0.11 without.
+    config.sampling.predictor = "reverse_diffusion"
+    config.sampling.corrector = "none"
+
+    config.eval.batch_size = 1_000
+    config.eval.num_samples = 2_000
+    config.eval.enable_sampling = True
+    config.eval.enable_bpd = True
+
+    model = config.model
+    model.ema_rate = 0.999
+    model.sigma_max = 10.0  # about the largest distance between two points of these sets (Song & Ermon 2020)
+    model.num_scales = 500
+    model.width = 128
+    model.depth = 3
+
+    config.optim.lr = 1e-3
+    config.optim.warmup = 100
+    return config

@@ -1,0 +1,285 @@
+"""Experiment configuration: a config file's ml_collections ConfigDict, converted once into typed dataclasses.
+
+Sections and field names follow the reference implementation (yang-song/score_sde, `configs/`), so an
+experiment is ported by copying values: `training.sde`, `training.continuous`, `model.nf`, `optim.lr`, ...
+The conversion rejects unknown keys (listing the valid ones) and missing keys; everything below the CLI
+receives these frozen dataclasses or plain arguments built from them, never a ConfigDict.
+
+The `model` section holds the SDE's parameters, the EMA rate and the parametrization (the fields of
+`ModelConfig`); every other key in it is an option of the network named by `model.name`, passed unchanged to
+`scoresde.models.build_model`, which rejects options the network does not have.
+
+Example:
+    >>> config = from_dict(runpy.run_path("configs/toy/checkerboard.py")["get_config"]().to_dict())
+    >>> sde, model = config.build_sde(), config.model.build_model()
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from typing import Any, Mapping
+
+import ml_collections
+
+from scoresde import data as data_lib
+from scoresde import losses, samplers
+from scoresde import sde as sde_lib
+from scoresde.models import build_model, parametrization
+
+
+def _require(condition: bool, message: str) -> None:
+    if not condition:
+        raise ValueError(message)
+
+
+def _field_names(cls) -> list[str]:
+    return [f.name for f in dataclasses.fields(cls)]
+
+
+def _section(cls, name: str, values: Mapping[str, Any], **extra: Any):
+    """cls(**values, **extra), after checking that `values` holds exactly the section's keys."""
+    fields = [f for f in dataclasses.fields(cls) if f.name not in extra]
+    valid = [f.name for f in fields]
+    unknown = sorted(set(values) - set(valid))
+    required = [f.name for f in fields
+                if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]
+    missing = [k for k in required if k not in values]
+    _require(not unknown, f"unknown config key(s) {[f'{name}.{k}' for k in unknown]}; valid keys of "
+                          f"{name}: {valid}.")
+    _require(not missing, f"config section {name} lacks key(s) {missing}.")
+    return cls(**values, **extra)
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainingConfig:
+    """The `training` section.
+
+    Attributes:
+      sde: "vpsde", "subvpsde" or "vesde".
+      continuous: draw t from [eps, T] (continuous DSM); False: the discrete DDPM (VP) or SMLD (VE) loss over
+        `model.num_scales` noise levels.
+      reduce_mean: average the squared error over data dimensions; False: half its sum (the reference's
+        default).
+      likelihood_weighting: weight DSM by g(t)^2 (Song et al. 2021b, Thm. 1) instead of sigma(t)^2.
+      importance_weighting: with likelihood weighting, draw t from p(t) ~ g^2 / sigma^2 (Song et al. 2021b,
+        Sec. 5) instead of uniformly; same expected loss, lower variance.
+      eps: smallest t drawn by the continuous losses (the reference hard-codes 1e-5).
+      batch_size: global batch size, over all devices.
+      n_iters: total optimizer steps; a multiple of n_jitted_steps.
+      n_jitted_steps: optimizer steps per dispatch, run in one `lax.scan`.
+      log_freq, eval_freq: steps between logged training losses / losses on a test batch.
+      snapshot_freq: steps between kept checkpoints (and sample snapshots, if snapshot_sampling).
+      snapshot_freq_for_preemption: steps between preemption checkpoints (only the latest one is kept).
+      snapshot_sampling: write a PNG of samples from the EMA parameters at every snapshot.
+      keep_checkpoints: snapshot checkpoints kept; 0 keeps all, as the reference does.
+    """
+
+    sde: str
+    continuous: bool
+    reduce_mean: bool
+    likelihood_weighting: bool
+    importance_weighting: bool
+    eps: float
+    batch_size: int
+    n_iters: int
+    n_jitted_steps: int
+    log_freq: int
+    eval_freq: int
+    snapshot_freq: int
+    snapshot_freq_for_preemption: int
+    snapshot_sampling: bool
+    keep_checkpoints: int
+
+    def __post_init__(self):
+        _require(self.batch_size >= 1, f"training.batch_size must be >= 1; got {self.batch_size}.")
+        _require(self.n_jitted_steps >= 1,
+                 f"training.n_jitted_steps must be >= 1; got {self.n_jitted_steps}.")
+        _require(self.keep_checkpoints >= 0,
+                 f"training.keep_checkpoints must be >= 0; got {self.keep_checkpoints}.")
+        for key in ("n_iters", "log_freq", "eval_freq", "snapshot_freq", "snapshot_freq_for_preemption"):
+            value = getattr(self, key)
+            _require(value >= 1 and value % self.n_jitted_steps == 0,
+                     f"training.{key}={value} must be a positive multiple of training.n_jitted_steps="
+                     f"{self.n_jitted_steps}, so that checkpoints and logs fall between dispatches.")
+
+    @property
+    def loss_name(self) -> str:
+        """The `scoresde.losses` loss these reference flags select (the reference's `get_step_fn` logic)."""
+        if not self.continuous:
+            _require(not self.likelihood_weighting,
+                     "training.likelihood_weighting needs training.continuous.")
+            _require(self.sde in _DISCRETE_LOSSES,
+                     f"training.continuous=False has a discrete loss only for {sorted(_DISCRETE_LOSSES)}; "
+                     f"got training.sde={self.sde!r}.")
+            return _DISCRETE_LOSSES[self.sde]
+        _require(self.likelihood_weighting or not self.importance_weighting,
+                 "training.importance_weighting needs training.likelihood_weighting.")
+        return _CONTINUOUS_LOSSES[self.likelihood_weighting, self.importance_weighting]
+
+
+# Song et al. 2021, Sec. 3.3 and App. B: DDPM's loss is the discrete VP one, SMLD's the discrete VE one.
+_DISCRETE_LOSSES = {"vpsde": "ddpm", "vesde": "smld"}
+_CONTINUOUS_LOSSES = {
+    (False, False): "dsm",
+    (True, False): "dsm_likelihood",
+    (True, True): "dsm_likelihood_importance",
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class SamplingConfig:
+    """The `sampling` section.
+
+    Attributes:
+      method: sampler name for `scoresde.samplers.build_sampler` ("pc", or a fast ODE sampler).
+      predictor, corrector, snr, n_steps_each: settings of the "pc" sampler (n_steps_each: corrector rounds).
+      noise_removal: finish with Tweedie's denoiser (one more score evaluation).
+    """
+
+    method: str
+    predictor: str
+    corrector: str
+    snr: float
+    n_steps_each: int
+    noise_removal: bool
+
+    def build_sampler(self, method: str, num_steps: int | None) -> samplers.Sampler:
+        """The sampler `method` with this section's settings (for "pc") and `num_steps` if given."""
+        settings = {"pc": dict(predictor=self.predictor, corrector=self.corrector, snr=self.snr,
+                               n_corrector_steps=self.n_steps_each)}.get(method, {})
+        if num_steps is not None:
+            settings["num_steps"] = num_steps
+        try:
+            return samplers.build_sampler(method, **settings)
+        except TypeError as error:  # a setting the sampler does not take, e.g. num_steps for an adaptive one
+            raise ValueError(f"sampler {method!r} does not take the settings {sorted(settings)}: "
+                             f"{error}") from error
+
+
+@dataclasses.dataclass(frozen=True)
+class EvalConfig:
+    """The `eval` section: batch_size (bits/dim and sampling chunks), num_samples for sample metrics,
+    enable_sampling (sample metrics), enable_bpd (test-set bits/dim)."""
+
+    batch_size: int
+    num_samples: int
+    enable_sampling: bool
+    enable_bpd: bool
+
+
+@dataclasses.dataclass(frozen=True)
+class OptimConfig:
+    """The `optim` section: optimizer ("Adam"), lr, beta1, eps, weight_decay (decoupled, scaled by the
+    learning rate as in the reference's flax.optim.Adam), warmup (linear, steps), grad_clip (global norm;
+    negative disables clipping)."""
+
+    optimizer: str
+    lr: float
+    beta1: float
+    eps: float
+    weight_decay: float
+    warmup: int
+    grad_clip: float
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+    """The `model` section.
+
+    Attributes:
+      name: network name for `scoresde.models.build_model` ("mlp", "ncsnpp", "ddpmpp", "ddpm").
+      ema_rate: decay of the exponential moving average of the parameters.
+      parametrization: how network output becomes a score ("epsilon", "score", "edm"; see
+        `scoresde.models.parametrization`).
+      sigma_min, sigma_max: VE SDE parameters.
+      beta_min, beta_max: VP and sub-VP SDE parameters.
+      num_scales: default sampler steps, and the number of noise levels of the discrete losses.
+      network: every other key of the section: options of the network.
+    """
+
+    name: str
+    ema_rate: float
+    parametrization: str
+    sigma_min: float
+    sigma_max: float
+    beta_min: float
+    beta_max: float
+    num_scales: int
+    network: Mapping[str, Any]
+
+    def __post_init__(self):
+        _require(0.0 <= self.ema_rate < 1.0, f"model.ema_rate must lie in [0, 1); got {self.ema_rate}.")
+        _require(self.num_scales >= 1, f"model.num_scales must be >= 1; got {self.num_scales}.")
+        # A network with scale_by_sigma divides its output by its noise label, which is sigma(t) only under
+        # the "score" parametrization (the reference's VE models).
+        _require(not self.network.get("scale_by_sigma") or self.parametrization == "score",
+                 f"model.scale_by_sigma needs model.parametrization='score'; got {self.parametrization!r}.")
+
+    def build_model(self):
+        return build_model(self.name, **self.network)
+
+    def build_parametrization(self) -> parametrization.Parametrization:
+        return parametrization.build_parametrization(self.parametrization)
+
+
+@dataclasses.dataclass(frozen=True)
+class Config:
+    """A whole experiment: the typed form of a config file (see the module docstring)."""
+
+    seed: int
+    training: TrainingConfig
+    sampling: SamplingConfig
+    eval: EvalConfig
+    data: data_lib.DataConfig
+    model: ModelConfig
+    optim: OptimConfig
+
+    def build_sde(self) -> sde_lib.SDE:
+        """`training.sde` with those of the model section's SDE parameters that it takes."""
+        fields = _field_names(sde_lib.build_sde(self.training.sde))
+        params = {k: getattr(self.model, k) for k in ("sigma_min", "sigma_max", "beta_min", "beta_max")}
+        return sde_lib.build_sde(self.training.sde, **{k: float(v) for k, v in params.items() if k in fields})
+
+    def build_loss(self) -> losses.Loss:
+        t = self.training
+        return losses.build_loss(t.loss_name, reduce_mean=t.reduce_mean, eps=t.eps,
+                                 num_scales=self.model.num_scales)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The nested dict of the config file's layout (network options back inside `model`), JSON-ready."""
+        out = dataclasses.asdict(self)
+        out["model"].update(out["model"].pop("network"))
+        del out["data"]["seed"]  # the data seed is the experiment's seed
+        return json.loads(json.dumps(out))
+
+
+_SECTIONS = {"training": TrainingConfig, "sampling": SamplingConfig, "eval": EvalConfig, "optim": OptimConfig}
+
+
+def from_dict(values: Mapping[str, Any]) -> Config:
+    """Converts a config file's nested dict (`ConfigDict.to_dict()` or a workdir's config.json) into a Config.
+
+    Raises:
+      ValueError: naming unknown or missing keys, or invalid values.
+    """
+    values = dict(values)
+    top = ["seed", "data", "model", *_SECTIONS]
+    unknown, missing = sorted(set(values) - set(top)), [k for k in top if k not in values]
+    _require(not unknown, f"unknown config key(s) {unknown}; valid top-level keys: {top}.")
+    _require(not missing, f"config lacks key(s) {missing}.")
+    seed = int(values["seed"])
+    sections = {name: _section(cls, name, values[name]) for name, cls in _SECTIONS.items()}
+    model_values = dict(values["model"])
+    known = {k: model_values.pop(k) for k in _field_names(ModelConfig)
+             if k in model_values and k != "network"}
+    # JSON (a workdir's config.json) turns tuples into lists.
+    network = {k: tuple(v) if isinstance(v, list) else v for k, v in model_values.items()}
+    model = _section(ModelConfig, "model", known, network=network)
+    data = _section(data_lib.DataConfig, "data", values["data"], seed=seed)
+    return Config(seed=seed, data=data, model=model, **sections)
+
+
+def from_config_dict(config: ml_collections.ConfigDict) -> Config:
+    """`from_dict` of a ConfigDict, the form config files produce."""
+    return from_dict(config.to_dict())
