@@ -5,10 +5,11 @@ instantaneous change of variables d log p_t(x_t) / dt = -div v(x_t, t) (Chen et 
 
     log p_eps(x) = log p_T(x_T) + int_eps^T div v(x_t, t) dt,    x_eps = x,
 
-computed in one adaptive solve of the augmented state (x_t, int div v) from eps to T (Song et al. 2021, Sec. 4.3
-and App. D.2), with the prior's log density standing in for log p_T. The divergence is exact (D Jacobian-vector
-products, for small D) or the Hutchinson-Skilling estimate E[e^T (dv/dx) e] with probes e, E[e e^T] = I, drawn once
-per solve, independently for every example (Hutchinson 1989; Skilling 1989; Grathwohl et al. 2019).
+computed in one adaptive solve of the augmented state (x_t, int div v) from eps to T (Song et al. 2021,
+Sec. 4.3 and App. D.2), with the prior's log density standing in for log p_T. The divergence is exact (D
+Jacobian-vector products, for small D) or the Hutchinson-Skilling estimate E[e^T (dv/dx) e] with probes e,
+E[e e^T] = I, drawn once per solve, independently for every example (Hutchinson 1989; Skilling 1989;
+Grathwohl et al. 2019).
 """
 
 from __future__ import annotations
@@ -31,8 +32,8 @@ DIVERGENCES = ("rademacher", "gaussian", "exact")
 def _probes(key: Array, divergence: str, num_probes: int, x: Array) -> Array:
     """Probe vectors e: [K, B, ...] with E[e e^T] = I, so that mean_k e_k^T J e_k estimates tr J.
 
-    "exact" takes all D scaled basis vectors sqrt(D) e_i (the uniform distribution over them has E[e e^T] = I),
-    and the mean over them is the trace itself.
+    "exact" takes all D scaled basis vectors sqrt(D) e_i (the uniform distribution over them has
+    E[e e^T] = I), and the mean over them is the trace itself.
     """
     shape = (num_probes,) + x.shape
     if divergence == "rademacher":
@@ -44,7 +45,7 @@ def _probes(key: Array, divergence: str, num_probes: int, x: Array) -> Array:
     return jnp.broadcast_to(basis, (d,) + x.shape)
 
 
-def _check_inputs(sde: SDE, x: Array, divergence: str, num_probes: int, rtol: float, atol: float, eps) -> None:
+def _check_inputs(sde: SDE, x: Array, divergence: str, num_probes: int, rtol: float, atol: float, eps):
     require(
         divergence in DIVERGENCES,
         f"log_likelihood: divergence must be one of {list(DIVERGENCES)}; got divergence={divergence!r}.",
@@ -54,7 +55,7 @@ def _check_inputs(sde: SDE, x: Array, divergence: str, num_probes: int, rtol: fl
         f"log_likelihood: num_probes must be an integer >= 1; got num_probes={num_probes!r}.",
     )
     check_tolerances(rtol, atol, "log_likelihood")
-    require(x.ndim >= 2, f"log_likelihood: x must be a batch [B, ...] of rank >= 2; got shape {tuple(x.shape)}.")
+    require(x.ndim >= 2, f"log_likelihood: x must be a batch [B, ...]; got shape {tuple(x.shape)}.")
     if not isinstance(x, jax.core.Tracer):
         bad = int(np.sum(~np.isfinite(np.asarray(x))))
         require(bad == 0, f"log_likelihood: x must be finite; got {bad} NaN or infinite entries.")
@@ -81,8 +82,8 @@ def log_likelihood(
       sde: the forward process; its prior log density stands in for log p_T.
       score_fn: score_fn(x: [B, ...], t: [B]) -> [B, ...].
       x: data [B, ...], treated as the state at t = eps (as in Song et al. 2021); must be finite.
-      divergence: "rademacher" or "gaussian" (Hutchinson-Skilling with `num_probes` probes per example, fresh for
-        every example), or "exact" (D Jacobian-vector products per evaluation; for small D).
+      divergence: "rademacher" or "gaussian" (Hutchinson-Skilling with `num_probes` probes per example,
+        fresh for every example), or "exact" (D Jacobian-vector products per evaluation; for small D).
       num_probes: probes per example, >= 1; their mean is the estimate (variance / num_probes).
       rtol, atol: tolerances of the adaptive Dormand-Prince solve, > 0.
       eps: start time in (0, T); defaults to `sde.default_eps`.
@@ -110,20 +111,24 @@ def log_likelihood(
 
 
 def bits_per_dim(
-    logp: Array, event_shape: tuple[int, ...], *, data_range: tuple[float, float] = (0.0, 1.0), num_bins: int = 256
+    logp: Array,
+    event_shape: tuple[int, ...],
+    *,
+    data_range: tuple[float, float] = (0.0, 1.0),
+    num_bins: int = 256,
 ) -> Array:
     """Bits per dimension of discrete data from the continuous log density of its dequantized version.
 
-    The convention (Theis et al. 2016; Ho et al. 2019): integer data k in {0, ..., num_bins - 1}^D are dequantized
-    uniformly, y = (k + u) / num_bins with u ~ U[0, 1)^D, and mapped affinely onto the model's data range,
-    x = lo + (hi - lo) y. The model density of x gives the discrete probability the bound
+    The convention (Theis et al. 2016; Ho et al. 2019): integer data k in {0, ..., num_bins - 1}^D are
+    dequantized uniformly, y = (k + u) / num_bins with u ~ U[0, 1)^D, and mapped affinely onto the model's
+    data range, x = lo + (hi - lo) y. The model density of x gives the discrete probability the bound
     log P(k) >= E_u[log p(x)] + D log((hi - lo) / num_bins), so
 
         bpd = (-log p(x) / D + log(num_bins / (hi - lo))) / log 2,
 
     i.e. -log2 p(x) / D + 8 for 8-bit data in [0, 1] and + 7 for data in [-1, 1]. Averaging over examples (and
-    over draws of u) gives the reported bound. Left out, the offset makes bits/dim negative for any density above
-    one per unit volume of x, which sharp models of [0, 1] or [-1, 1] data reach easily.
+    over draws of u) gives the reported bound. Left out, the offset makes bits/dim negative for any density
+    above one per unit volume of x, which sharp models of [0, 1] or [-1, 1] data reach easily.
 
     Args:
       logp: [B] log densities in nats of dequantized data x, e.g. from `log_likelihood`.
@@ -135,7 +140,7 @@ def bits_per_dim(
       [B] bits per dimension.
     """
     lo, hi = data_range
-    require(lo < hi, f"bits_per_dim: data_range must be (lo, hi) with lo < hi; got data_range={data_range!r}.")
+    require(lo < hi, f"bits_per_dim: data_range must be (lo, hi), lo < hi; got data_range={data_range!r}.")
     require(
         isinstance(num_bins, int) and num_bins >= 2,
         f"bits_per_dim: num_bins must be an integer >= 2; got num_bins={num_bins!r}.",
@@ -151,7 +156,7 @@ def bits_per_dim(
 def encode(
     sde: SDE, score_fn: ScoreFn, x: Array, *, rtol: float = 1e-5, atol: float = 1e-5, eps: float | None = None
 ) -> Array:
-    """The latent z = x_T of data x = x_eps: [B, ...] under the probability-flow ODE (Song et al. 2021, Sec. 4.3)."""
+    """The latent z = x_T of data x = x_eps: [B, ...] by the probability-flow ODE (Song et al. 2021, 4.3)."""
     check_tolerances(rtol, atol, "encode")
     eps = sde.default_eps if eps is None else eps
     return solve_flow(sde, score_fn, x, eps, sde.T, rtol=rtol, atol=atol)[0]

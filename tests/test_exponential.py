@@ -24,7 +24,8 @@ MIX_2D = toy.mixture_2d()
 
 def weighted_integral(h, poly):
     """int_0^1 h e^{-h (1 - u)} poly(u) du by adaptive quadrature, independently of the closed forms."""
-    return integrate.quad(lambda u: h * np.exp(-h * (1 - u)) * poly(u), 0.0, 1.0, epsabs=1e-14, epsrel=1e-13)[0]
+    integrand = lambda u: h * np.exp(-h * (1 - u)) * poly(u)
+    return integrate.quad(integrand, 0.0, 1.0, epsabs=1e-14, epsrel=1e-13)[0]
 
 
 @pytest.mark.parametrize("h", [0.05, 0.7, 3.0])
@@ -36,7 +37,8 @@ def test_integration_weights_are_exact_below_the_number_of_nodes(h, nodes):
     for degree in range(len(nodes)):
         coeffs = rng.normal(size=degree + 1)
         poly = np.polynomial.Polynomial(coeffs)
-        np.testing.assert_allclose(w @ poly(np.asarray(nodes)), weighted_integral(h, poly), rtol=1e-10, atol=1e-12)
+        want = weighted_integral(h, poly)
+        np.testing.assert_allclose(w @ poly(np.asarray(nodes)), want, rtol=1e-10, atol=1e-12)
 
 
 def test_moment_recursion_matches_quadrature():
@@ -63,9 +65,9 @@ def polynomial_score(sde, coeffs):
 def test_third_order_step_is_exact_for_quadratic_data_prediction(sde):
     """Three nodes integrate a quadratic x0(lambda) exactly; the published 3M weighting misses by ~h^3/6.
 
-    The exact step is the variation-of-constants formula with its integral done by quadrature. The DPM-Solver code,
-    diffusers and k-diffusion give the second divided difference half its weight, i.e. the update with mu_2
-    halved: for x0 = lambda^2 its one-step error is alpha_s mu_2 h^2 / 2 ~ h^3 / 6.
+    The exact step is the variation-of-constants formula with its integral done by quadrature. The DPM-Solver
+    code, diffusers and k-diffusion give the second divided difference half its weight, i.e. the update with
+    mu_2 halved: for x0 = lambda^2 its one-step error is alpha_s mu_2 h^2 / 2 ~ h^3 / 6.
     """
     coeffs = np.array([[0.3, -1.0], [0.5, 0.2], [1.0, 1.0]])  # x0(lambda) = c_0 + c_1 lambda + c_2 lambda^2
     with jax.enable_x64(True):
@@ -74,7 +76,8 @@ def test_third_order_step_is_exact_for_quadratic_data_prediction(sde):
         t, s, h = times[2], times[3], lam[3] - lam[2]
         nodes = (lam[2::-1] - lam[2]) / h  # the current node first (r = 0), then the earlier, negative ones
         score_fn = polynomial_score(sde, list(coeffs))
-        x0s = jnp.stack([sde.data_prediction(score_fn, jnp.zeros((1, 2)), jnp.full((1,), u)) for u in times[2::-1]])
+        x0_at = lambda u: sde.data_prediction(score_fn, jnp.zeros((1, 2)), jnp.full((1,), u))
+        x0s = jnp.stack([x0_at(u) for u in times[2::-1]])
         x = jnp.array([[0.4, -0.9]])
         ours = exponential_update(sde, x, t, s, integration_weights(h, nodes, multistep_moments), x0s)
         halved = lambda h, k: exp_moments(h, k).at[2].multiply(0.5)
@@ -102,7 +105,8 @@ def test_ddim_without_noise_is_first_order_dpm_solver():
         ddim = sd.samplers.DDIM(num_steps=12, schedule="quadratic")
         dpm1 = sd.samplers.DPMSolverPP(num_steps=12, order=1, schedule="quadratic")
         key = jax.random.PRNGKey(1)
-        np.testing.assert_allclose(endpoint_fn(sde, ddim)(key, x), endpoint_fn(sde, dpm1)(key, x), rtol=1e-12, atol=1e-12)
+        a, b = endpoint_fn(sde, ddim)(key, x), endpoint_fn(sde, dpm1)(key, x)
+        np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-12)
 
 
 @pytest.mark.parametrize("sde_name", ["vp", "ve"])
@@ -110,7 +114,8 @@ def test_ddim_with_full_noise_samples_the_mixture(sde_name):
     """eta = 1 is ancestral sampling: its injected noise must keep the marginals right."""
     sde = {"vp": sd.VPSDE(), "ve": sd.VESDE()}[sde_name]
     sampler = sd.samplers.DDIM(num_steps=300, eta=1.0)
-    x, nfe = jax.jit(lambda k: sd.sample(k, sde, MIX_2D.score_fn(sde), (4000, 2), sampler))(jax.random.PRNGKey(0))
+    fn = jax.jit(lambda k: sd.sample(k, sde, MIX_2D.score_fn(sde), (4000, 2), sampler))
+    x, nfe = fn(jax.random.PRNGKey(0))
     assert int(nfe) == 301
     assert_matches_mixture(MIX_2D, x, exact_draws(MIX_2D, 4000))
 
@@ -126,7 +131,7 @@ def vp_reference(num_paths):
 
 
 def pathwise_error(sampler, num_paths=2048):
-    """RMS over paths of |x - x_ref| at eps, every path started from the same x_T as the tight RK45 reference."""
+    """RMS over paths of |x - x_ref| at eps, every path started from the same x_T as the RK45 reference."""
     with jax.enable_x64(True):
         x, ref = vp_reference(num_paths)
         out = endpoint_fn(VP, sampler)(jax.random.PRNGKey(0), x)
@@ -134,12 +139,13 @@ def pathwise_error(sampler, num_paths=2048):
 
 
 def test_few_step_accuracy_at_10_nfe():
-    """VP (beta 0.1-20), mixture_2d, 10 NFE each, on the quadratic grid, the best of the four for all of them here.
+    """VP (beta 0.1-20), mixture_2d, 10 NFE each, on the quadratic grid: of the four, the best for each here.
 
-    Measured (2048 paths): Euler 0.103, DDIM 0.137, DPM-Solver++ 2M 0.062, UniPC-2 0.038 (README). UniPC has under
-    half Euler's error. DPM-Solver++ 2M has under half the error of DDIM, the first-order exponential integrator
-    (Euler in the EDM variables x / alpha, sigma / alpha, k-diffusion's "Euler"), but only ~0.6 of the error of Euler
-    in t, which is unusually good on this problem: the issue's "half of Euler's" does not hold for 2M here.
+    Measured (2048 paths): Euler 0.103, DDIM 0.137, DPM-Solver++ 2M 0.062, UniPC-2 0.038 (README). UniPC has
+    under half Euler's error. DPM-Solver++ 2M has under half the error of DDIM, the first-order exponential
+    integrator (Euler in the EDM variables x / alpha, sigma / alpha, k-diffusion's "Euler"), but only ~0.6 of
+    the error of Euler in t, which is unusually good on this problem: the issue's "half of Euler's" does not
+    hold for 2M here.
     """
     errors = {
         name: pathwise_error(sampler(num_steps=10, schedule="quadratic"))

@@ -1,4 +1,4 @@
-"""Probability-flow likelihood against the mixture's closed-form log density; encode/decode; bits/dim; bad input."""
+"""Probability-flow likelihood against the mixture's closed form; encode/decode; bits/dim; bad input."""
 
 import functools
 import math
@@ -14,8 +14,8 @@ from scoresde import likelihood, toy
 
 SDES = {"vp": sd.VPSDE(), "subvp": sd.SubVPSDE(), "ve": sd.VESDE()}
 MIX_2D = toy.mixture_2d()
-# The default tolerances (1e-5) leave up to ~4e-3 nats/dim on the sharpest examples and ~3e-4 relative error in
-# a decode(encode(x)) round trip (float32); 1e-6 brings both well inside the bounds tested here (README).
+# The default tolerances (1e-5) leave up to ~4e-3 nats/dim on the sharpest examples and ~3e-4 relative error
+# in a decode(encode(x)) round trip (float32); 1e-6 brings both well inside the bounds tested here (README).
 TOL = 1e-6
 
 
@@ -36,7 +36,8 @@ def likelihood_fn(sde_name, divergence, num_probes=1):
 @functools.cache
 def encoded(sde_name):
     sde = SDES[sde_name]
-    return jax.jit(lambda x: likelihood.encode(sde, MIX_2D.score_fn(sde), x, rtol=TOL, atol=TOL))(data(sde_name))
+    encode = jax.jit(lambda x: likelihood.encode(sde, MIX_2D.score_fn(sde), x, rtol=TOL, atol=TOL))
+    return encode(data(sde_name))
 
 
 def closed_form(sde_name, x, t):
@@ -86,10 +87,11 @@ def hutchinson_deviations(divergence, num_probes, repeats=64):
     [("rademacher", 1), ("rademacher", 4), pytest.param("gaussian", 1, marks=pytest.mark.slow)],
 )
 def test_hutchinson_estimate_is_unbiased(divergence, num_probes):
-    """Per example, the mean of 64 independent estimates equals the exact-divergence value within 5 standard errors.
+    """Per example, the mean of 64 independent estimates is the exact-divergence value within 5 std. errors.
 
-    The 2-D modes are rotated, so the Jacobian has off-diagonal terms and the estimator real variance (0.1 to 5
-    nats here); the solve's own error at the default tolerance (~2e-3 nats) is well below one standard error.
+    The 2-D modes are rotated, so the Jacobian has off-diagonal terms and the estimator real variance (0.1 to
+    5 nats here); the solve's own error at the default tolerance (~2e-3 nats) is well below one standard
+    error.
     """
     deviations = hutchinson_deviations(divergence, num_probes)
     standard_error = deviations.std(axis=0, ddof=1) / math.sqrt(deviations.shape[0])
@@ -100,26 +102,29 @@ def test_hutchinson_estimate_is_unbiased(divergence, num_probes):
 
 def test_more_probes_reduce_the_variance():
     """Averaging K independent probes divides the estimator's variance by K (here K = 4)."""
-    ratio = hutchinson_deviations("rademacher", 1).var(axis=0).sum() / hutchinson_deviations("rademacher", 4).var(axis=0).sum()
+    variance = lambda k: hutchinson_deviations("rademacher", k).var(axis=0).sum()
+    ratio = variance(1) / variance(4)
     assert 2.0 <= ratio <= 8.0, ratio
 
 
 def test_nfe_counts_vector_field_evaluations():
     sde = SDES["subvp"]
     score_fn, calls = count_calls(MIX_2D.score_fn(sde))
-    _, nfe = jax.jit(lambda k, x: sd.log_likelihood(k, sde, score_fn, x))(jax.random.PRNGKey(0), data("subvp", 8))
+    fn = jax.jit(lambda k, x: sd.log_likelihood(k, sde, score_fn, x))
+    _, nfe = fn(jax.random.PRNGKey(0), data("subvp", 8))
     jax.effects_barrier()
     assert int(nfe) == calls[0]
 
 
 @pytest.mark.parametrize("data_range", [(0.0, 1.0), (-1.0, 1.0)])
 def test_bits_per_dim_of_the_uniform_density_is_eight(data_range):
-    """The uniform density on the data range gives every 8-bit value probability 1/256: exactly 8 bits per dim."""
+    """The uniform density on the data range gives each 8-bit value probability 1/256: 8 bits per dim."""
     lo, hi = data_range
     event_shape = (4, 4, 3)
     logp = jnp.full((2,), -math.prod(event_shape) * math.log(hi - lo))
     np.testing.assert_allclose(sd.bits_per_dim(logp, event_shape, data_range=data_range), 8.0, rtol=1e-6)
-    np.testing.assert_allclose(sd.bits_per_dim(logp, event_shape, data_range=data_range, num_bins=16), 4.0, rtol=1e-6)
+    four_bits = sd.bits_per_dim(logp, event_shape, data_range=data_range, num_bins=16)
+    np.testing.assert_allclose(four_bits, 4.0, rtol=1e-6)
 
 
 @pytest.mark.parametrize(
@@ -148,7 +153,7 @@ def test_nan_data_raise():
 @pytest.mark.parametrize(
     "kwargs, match",
     [
-        (dict(data_range=(1.0, -1.0)), r"data_range must be \(lo, hi\) with lo < hi"),
+        (dict(data_range=(1.0, -1.0)), r"data_range must be \(lo, hi\), lo < hi"),
         (dict(num_bins=1), "num_bins must be an integer >= 2; got num_bins=1"),
     ],
 )

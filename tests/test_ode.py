@@ -33,7 +33,7 @@ def reference(sde_name):
 
 
 def observed_order(sde_name, make_sampler, step_counts):
-    """Slope of -log(pathwise error) against log(steps), least squares; error = RMS over paths of |x - x_ref|."""
+    """Least-squares slope of -log(pathwise error) on log(steps); error: RMS over paths of |x - x_ref|."""
     with jax.enable_x64(True):
         x, ref = reference(sde_name)
         errors = []
@@ -43,10 +43,10 @@ def observed_order(sde_name, make_sampler, step_counts):
     return -np.polyfit(np.log(step_counts), np.log(errors), 1)[0], errors
 
 
-# (theoretical order, step counts N and 4N), each solver on its default grid. The counts start where the slope has
-# settled on every SDE (measured from 32 to 2048 steps, README): below them the multistep solvers still feel their
-# lower-order first steps and UniPC-3 converges faster than its order; at 4N the errors stay 10x or more above the
-# reference's. UniPC's claim is p + 1 for UniPC-p.
+# (theoretical order, step counts N and 4N), each solver on its default grid. The counts start where the
+# slope has settled on every SDE (measured from 32 to 2048 steps, README): below them the multistep solvers
+# still feel their lower-order first steps and UniPC-3 converges faster than its order; at 4N the errors stay
+# 10x or more above the reference's. UniPC's claim is p + 1 for UniPC-p.
 ORDERS = {
     "euler": (Euler, 1, (64, 256)),
     "heun": (Heun, 2, (32, 128)),
@@ -56,14 +56,15 @@ ORDERS = {
     "unipc_2": (functools.partial(UniPC, order=2), 3, (128, 512)),
     "unipc_3": (functools.partial(UniPC, order=3), 4, (512, 2048)),
 }
-# Under VE one of the 64 paths starts near the boundary between two modes; Euler keeps it on the wrong side up to
-# ~200 steps, so its error is only asymptotic from there.
+# Under VE one of the 64 paths starts near the boundary between two modes; Euler keeps it on the wrong side up
+# to ~200 steps, so its error is only asymptotic from there.
 STEPS_ON = {("euler", "ve"): (256, 1024)}
 
 
 def check_order(solver, sde_name):
     make, order, steps = ORDERS[solver]
-    slope, errors = observed_order(sde_name, lambda n: make(num_steps=n), STEPS_ON.get((solver, sde_name), steps))
+    steps = STEPS_ON.get((solver, sde_name), steps)
+    slope, errors = observed_order(sde_name, lambda n: make(num_steps=n), steps)
     assert abs(slope - order) <= 0.4, f"order {slope:.2f}, expected {order}; errors {errors}"
 
 
@@ -94,8 +95,9 @@ SMALL = {
 
 @pytest.mark.parametrize("name", SMALL)
 def test_x_init_key_and_nfe(name):
-    """Same key: bitwise the same; another x_init: another result; a new key changes only stochastic samplers; the
-    reported NFE is the number of score evaluations actually made (counted inside jit), final denoising included."""
+    """Same key: bitwise the same; another x_init: another result; a new key changes only stochastic samplers;
+    the reported NFE is the number of score evaluations made (counted inside jit), final denoising included.
+    """
     sampler, deterministic, steps_nfe = SMALL[name]
     sde = SDES["subvp"]
     score_fn, calls = count_calls(MIX_2D.score_fn(sde))
@@ -120,7 +122,8 @@ def test_heun_with_churn_samples_the_mixture():
     """EDM's stochastic sampler: churn adds noise and Heun steps remove it; the marginals must stay right."""
     sde = SDES["vp"]
     sampler = Heun(num_steps=64, s_churn=30.0, s_tmin=0.01, s_tmax=10.0)
-    x, nfe = jax.jit(lambda k: sd.sample(k, sde, MIX_2D.score_fn(sde), (4000, 2), sampler))(jax.random.PRNGKey(0))
+    fn = jax.jit(lambda k: sd.sample(k, sde, MIX_2D.score_fn(sde), (4000, 2), sampler))
+    x, nfe = fn(jax.random.PRNGKey(0))
     assert int(nfe) == 2 * 64
     assert_matches_mixture(MIX_2D, x, exact_draws(MIX_2D, 4000))
 
@@ -129,7 +132,7 @@ def test_heun_with_churn_samples_the_mixture():
     "make, match",
     [
         (lambda: Euler(schedule="cosine"), r"unknown schedule 'cosine'; valid names: \['uniform'"),
-        (lambda: sd.samplers.build_sampler("dpm_solver", num_steps=10), r"unknown sampler 'dpm_solver'; valid names"),
+        (lambda: sd.samplers.build_sampler("dpm_solver"), r"unknown sampler 'dpm_solver'; valid names"),
         (lambda: DPMSolverPP(order=4), r"DPMSolverPP: order must be one of \[1, 2, 3\]; got order=4"),
         (lambda: UniPC(order=1), r"UniPC: order must be one of \[2, 3\]; got order=1"),
         (lambda: DPMSolverPP(order=3, num_steps=2), r"DPMSolverPP: num_steps must be an integer >= 3; got 2"),

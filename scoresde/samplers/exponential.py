@@ -1,25 +1,28 @@
 """Exponential integrators of the probability-flow ODE in the log-SNR: DDIM, DPM-Solver++ and UniPC.
 
-With lambda = log(alpha / sigma) (half the log-SNR of `SDE.log_snr`) and the data prediction x0(x, t) =
-E[x_0 | x_t] (Tweedie), the probability-flow ODE of every SDE here is solved exactly from t to s < t by the
-variation-of-constants formula (Lu et al. 2022a, Sec. 3.1, for noise prediction; Lu et al. 2022b, DPM-Solver++, for
-data prediction):
+With lambda = log(alpha / sigma) (half the log-SNR of `SDE.log_snr`) and the data prediction
+x0(x, t) = E[x_0 | x_t] (Tweedie), the probability-flow ODE of every SDE here is solved exactly from t to
+s < t by the variation-of-constants formula (Lu et al. 2022a, Sec. 3.1, for noise prediction; Lu et al. 2022b,
+DPM-Solver++, for data prediction):
 
-    x_s = (sigma_s / sigma_t) x_t + alpha_s int_0^1 h e^{-h (1 - u)} x0(lambda_t + u h) du,   h = lambda_s - lambda_t.
+    x_s = (sigma_s / sigma_t) x_t + alpha_s int_0^1 h e^{-h (1 - u)} x0(lambda_t + u h) du,
+    h = lambda_s - lambda_t.
 
 The linear part is integrated exactly; the solvers differ only in how they approximate x0 on the step. A
-multistep solver of order k replaces x0 by its interpolating polynomial through the last k evaluations, at nodes
-u = r_j (r_0 = 0 the current point, r_j < 0 earlier ones), and integrates that polynomial exactly against the
-exponential weight:
+multistep solver of order k replaces x0 by its interpolating polynomial through the last k evaluations, at
+nodes u = r_j (r_0 = 0 the current point, r_j < 0 earlier ones), and integrates that polynomial exactly
+against the exponential weight (`integration_weights`):
 
-    x_s = (sigma_s / sigma_t) x_t + alpha_s sum_j w_j x0_j,   sum_j w_j r_j^m = mu_m = int_0^1 h e^{-h(1-u)} u^m du,
+    x_s = (sigma_s / sigma_t) x_t + alpha_s sum_j w_j x0_j,
+    sum_j w_j r_j^m = mu_m = int_0^1 h e^{-h(1-u)} u^m du   for m < k.
 
-for m < k (`integration_weights`). This derivation is the whole of DPM-Solver++(kM) for k = 1, 2, 3 (k = 1 is DDIM
-with eta = 0). The third-order update as written in the DPM-Solver code, diffusers and k-diffusion gives the second
-divided difference half the weight mu_2 calls for, so it is not exact for quadratic x0 and, measured here on
-mixture_2d, converges at order 2.0-2.3 instead of 3; the weights here are exact for polynomials of degree < k
-(tests/test_exponential.py). UniPC (Zhao et al. 2023) adds a corrector that redoes the step with one more node, the
-evaluation at the new point (r = 1), which the next step needs anyway: one order more for no extra evaluation.
+This derivation is the whole of DPM-Solver++(kM) for k = 1, 2, 3 (k = 1 is DDIM with eta = 0). The third-order
+update as written in the DPM-Solver code, diffusers and k-diffusion gives the second divided difference half
+the weight mu_2 calls for, so it is not exact for quadratic x0 and, measured here on mixture_2d, converges at
+order 2.0-2.3 instead of 3; the weights here are exact for polynomials of degree < k
+(tests/test_exponential.py). UniPC (Zhao et al. 2023) adds a corrector that redoes the step with one more
+node, the evaluation at the new point (r = 1), which the next step needs anyway: one order more for no extra
+evaluation.
 """
 
 from __future__ import annotations
@@ -50,7 +53,7 @@ def half_log_snr(sde: SDE, t: Array) -> Array:
 
 
 def exp_moments(h: Array, k: int) -> Array:
-    """mu_m = int_0^1 h e^{-h(1-u)} u^m du for m < k: mu_0 = 1 - e^{-h}, and mu_m = 1 - m mu_{m-1} / h by parts."""
+    """mu_m = int_0^1 h e^{-h(1-u)} u^m du, m < k: mu_0 = 1 - e^{-h}, mu_m = 1 - m mu_{m-1} / h (by parts)."""
     mu = [-jnp.expm1(-h)]
     for m in range(1, k):
         mu.append(1.0 - m * mu[-1] / h)
@@ -61,17 +64,17 @@ def multistep_moments(h: Array, k: int) -> Array:
     """The moments the multistep solvers use: exact, except mu_1 ~ mu_0 / 2 when there are two nodes.
 
     With two nodes, DPM-Solver++(2M) as published (Lu et al. 2022b, Algorithm 2) and UniPC with the one-node
-    coefficient a_1 = 1/2 and B(h) = e^{-h} - 1 (Zhao et al. 2023, the variant their code calls "bh2") both weight
-    the first divided difference by (1 - e^{-h}) / 2, the exact mu_1 up to O(h^2): still second order, and a
-    little more accurate in few steps than the exact moment (README). With three or more nodes the moments are
-    exact, and with them the B(h) of UniPC cancels.
+    coefficient a_1 = 1/2 and B(h) = e^{-h} - 1 (Zhao et al. 2023, the variant their code calls "bh2") both
+    weight the first divided difference by (1 - e^{-h}) / 2, the exact mu_1 up to O(h^2): still second order,
+    and a little more accurate in few steps than the exact moment (README). With three or more nodes the
+    moments are exact, and with them the B(h) of UniPC cancels.
     """
     mu = exp_moments(h, k)
     return mu.at[1].set(0.5 * mu[0]) if k == 2 else mu
 
 
 def integration_weights(h: Array, nodes: Array, moments=exp_moments) -> Array:
-    """Weights w: [k] with sum_j w_j p(r_j) = int_0^1 h e^{-h(1-u)} p(u) du for every polynomial p of degree < k.
+    """Weights w: [k], sum_j w_j p(r_j) = int_0^1 h e^{-h(1-u)} p(u) du for all polynomials p of degree < k.
 
     nodes: [k] distinct r_j, positions in units of the step h relative to its start (r = 0). Solving the
     Vandermonde system sum_j w_j r_j^m = mu_m, m < k, integrates the Lagrange interpolant of the values at the
@@ -83,7 +86,7 @@ def integration_weights(h: Array, nodes: Array, moments=exp_moments) -> Array:
 
 
 def exponential_update(sde: SDE, x: Array, t: Array, s: Array, weights: Array, x0s: Array) -> Array:
-    """x_s = (sigma_s / sigma_t) x_t + alpha_s sum_j w_j x0_j; x0s: [k, B, ...], weights: [k], t, s scalars."""
+    """x_s = (sigma_s / sigma_t) x_t + alpha_s sum_j w_j x0_j; x0s: [k, B, ...], weights: [k]; t, s scalar."""
     return sde.sigma(s) / sde.sigma(t) * x + sde.alpha(s) * jnp.tensordot(weights, x0s, axes=1)
 
 
@@ -91,9 +94,10 @@ def exponential_update(sde: SDE, x: Array, t: Array, s: Array, weights: Array, x
 class DDIM(FixedStepSampler):
     """Denoising diffusion implicit models (Song, Meng & Ermon 2021, Eqs. 12 and 16), for every SDE.
 
-    x_s = alpha_s x0 + sqrt(sigma_s^2 - c^2) eps^ + c z, with x0 = E[x_0 | x_t], eps^ = (x_t - alpha_t x0) / sigma_t
-    the noise it implies, and c = eta sigma_s sigma_{t|s} / sigma_t. eta = 0 is the first-order exponential
-    integrator of the probability-flow ODE (DPM-Solver++ of order 1); eta = 1 is ancestral sampling.
+    x_s = alpha_s x0 + sqrt(sigma_s^2 - c^2) eps^ + c z, with x0 = E[x_0 | x_t], eps^ = (x_t - alpha_t x0) /
+    sigma_t the noise it implies, and c = eta sigma_s sigma_{t|s} / sigma_t. eta = 0 is the first-order
+    exponential integrator of the probability-flow ODE (DPM-Solver++ of order 1); eta = 1 is ancestral
+    sampling.
 
     Args:
       num_steps: grid steps from T to eps, >= 1.
@@ -114,8 +118,11 @@ class DDIM(FixedStepSampler):
             x0 = sde.data_prediction(score_fn, x, per_example(t, x))
             eps_hat = (x - sde.alpha(t) * x0) / sde.sigma(t)
             c = self.eta * sde.sigma(s) * sde.transition(t, s)[1] / sde.sigma(t)
-            noise = jax.random.normal(jax.random.fold_in(key, i), x.shape, x.dtype)
-            return sde.alpha(s) * x0 + jnp.sqrt(sde.sigma(s) ** 2 - c**2) * eps_hat + c * noise
+            x = sde.alpha(s) * x0 + jnp.sqrt(sde.sigma(s) ** 2 - c**2) * eps_hat
+            # With eta = 0 no noise is drawn: the RNG costs as much as a cheap score evaluation.
+            if self.eta > 0:
+                x = x + c * jax.random.normal(jax.random.fold_in(key, i), x.shape, x.dtype)
+            return x
 
         return scan_grid(step, x, self.grid(sde, eps)), jnp.asarray(self.nfe(), jnp.int32)
 
@@ -134,10 +141,11 @@ def _weights(h: Array, nodes: Array, k: Array, k_min: int) -> Array:
 def multistep(sde: SDE, score_fn: ScoreFn, x: Array, ts: Array, order: int, corrector: bool) -> Array:
     """The multistep exponential integrator shared by DPM-Solver++ and UniPC; one x0 evaluation per step.
 
-    Step i from t_i to t_{i+1} predicts with the last k_i = min(order, i + 1) evaluations of x0 (fewer over the
-    final steps of short grids). With `corrector` (UniC), x0 at the predicted point is then used as one more node
-    to redo the step; the corrected point is kept, the evaluation at the predicted one is reused by the next step
-    (Zhao et al. 2023, UniPC). The last step only predicts, since its correction would cost an evaluation.
+    Step i from t_i to t_{i+1} predicts with the last k_i = min(order, i + 1) evaluations of x0 (fewer over
+    the final steps of short grids). With `corrector` (UniC), x0 at the predicted point is then used as one
+    more node to redo the step; the corrected point is kept, the evaluation at the predicted one is reused by
+    the next step (Zhao et al. 2023, UniPC). The last step only predicts, since its correction would cost an
+    evaluation.
     """
     n = ts.shape[0] - 1
 
@@ -169,7 +177,7 @@ def multistep(sde: SDE, score_fn: ScoreFn, x: Array, ts: Array, order: int, corr
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class _Multistep(FixedStepSampler):
-    """Settings shared by the multistep solvers: an order from ORDERS, at least `order` steps, one NFE per step."""
+    """What the multistep solvers share: an order from ORDERS, at least `order` steps, one NFE per step."""
 
     ORDERS: ClassVar[tuple[int, ...]]
     CORRECTOR: ClassVar[bool]
@@ -195,15 +203,16 @@ class _Multistep(FixedStepSampler):
 class DPMSolverPP(_Multistep):
     """DPM-Solver++(kM), the multistep data-prediction solver of Lu et al. (2022b, Algorithm 2 for k = 2).
 
-    Order k in {1, 2, 3}: x0 is interpolated through the last k evaluations and the interpolant integrated exactly
-    (module docstring). The first steps use the lower orders their history allows; grids shorter than 15 steps
-    also lower the order over their final steps. One score evaluation per step.
+    Order k in {1, 2, 3}: x0 is interpolated through the last k evaluations and the interpolant integrated
+    exactly (module docstring). The first steps use the lower orders their history allows; grids shorter than
+    15 steps also lower the order over their final steps. One score evaluation per step.
 
     Args:
       num_steps: grid steps from T to eps, >= order.
       order: 1, 2 or 3.
-      schedule: time grid; default "quadratic", chosen by measurement (README). A grid uniform in t is unstable
-        for orders 2-3 from 15 steps on (no lower-order final steps there): its last steps in lambda are long.
+      schedule: time grid; default "quadratic", chosen by measurement (README). A grid uniform in t is
+        unstable for orders 2-3 from 15 steps on (no lower-order final steps there): its last steps in lambda
+        are long.
     """
 
     ORDERS: ClassVar[tuple[int, ...]] = (1, 2, 3)
@@ -214,10 +223,10 @@ class DPMSolverPP(_Multistep):
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class UniPC(_Multistep):
-    """UniPC-p, the unified predictor-corrector of Zhao et al. (2023), data prediction, B(h) = e^{-h} - 1 ("bh2").
+    """UniPC-p, the unified predictor-corrector of Zhao et al. (2023): data prediction, B(h) = e^{-h} - 1.
 
-    The predictor UniP-p is DPM-Solver++(pM); the corrector UniC-p redoes each step with the new evaluation as one
-    more node, raising the order to p + 1 at no extra cost. One score evaluation per step.
+    The predictor UniP-p is DPM-Solver++(pM); the corrector UniC-p redoes each step with the new evaluation as
+    one more node, raising the order to p + 1 at no extra cost. One score evaluation per step.
 
     Args:
       num_steps: grid steps from T to eps, >= order.

@@ -3,8 +3,8 @@
 The probability-flow ODE dx/dt = f(t) x - g(t)^2 score(x, t) / 2 (Song et al. 2021, Eq. 13) has the same
 marginals as the forward SDE, so integrating it from a prior draw at T down to eps samples p_eps
 deterministically. `Euler` steps it in t. `Heun` is the sampler of Karras et al. (2022, Algorithm 2) in their
-variables x~ = x / alpha(t) and sigma~ = sigma(t) / alpha(t) = exp(-lambda(t) / 2), in which the ODE of every SDE
-here reads dx~/dsigma~ = (x~ - D(x~; sigma~)) / sigma~ with D Tweedie's denoiser (their Eq. 4 with s = 1).
+variables x~ = x / alpha(t) and sigma~ = sigma(t) / alpha(t) = exp(-lambda(t) / 2), in which the ODE of every
+SDE here reads dx~/dsigma~ = (x~ - D(x~; sigma~)) / sigma~ with D Tweedie's denoiser (their Eq. 4 with s = 1).
 `RK45` is Dormand-Prince 5(4) with a PID step-size controller through diffrax, all inside jit; its solve
 `adaptive_solve` also serves the likelihood ODE and encode/decode in `scoresde.likelihood`.
 """
@@ -57,10 +57,11 @@ def edm_denoiser(sde: SDE, score_fn: ScoreFn, x_scaled: Array, t: Array) -> Arra
 class Heun(FixedStepSampler):
     """Heun's 2nd-order method with optional churn, Karras et al. (2022, Algorithm 2), for every SDE.
 
-    Each step first raises the noise level sigma~ -> sigma^ = (1 + gamma) sigma~ by adding fresh noise (the churn;
-    gamma = min(s_churn / N, sqrt(2) - 1) where s_tmin <= sigma~ <= s_tmax, else 0), then takes an Euler step
-    to the next level and corrects it with the trapezoidal rule. The last step is Euler only, as in the paper, so
-    N steps cost 2N - 1 score evaluations. With s_churn = 0 (default) the sampler is deterministic.
+    Each step first raises the noise level sigma~ -> sigma^ = (1 + gamma) sigma~ by adding fresh noise (the
+    churn; gamma = min(s_churn / N, sqrt(2) - 1) where s_tmin <= sigma~ <= s_tmax, else 0), then takes an
+    Euler step to the next level and corrects it with the trapezoidal rule. The last step is Euler only, as in
+    the paper, so N steps cost 2N - 1 score evaluations. With s_churn = 0 (default) the sampler is
+    deterministic.
 
     Args:
       num_steps: grid steps N from T to eps, >= 1.
@@ -92,14 +93,19 @@ class Heun(FixedStepSampler):
         gamma_max = min(self.s_churn / self.num_steps, math.sqrt(2.0) - 1.0)
         denoise = lambda x, t: edm_denoiser(sde, score_fn, x, t)
 
-        def step(x, i, t, s, correct=True):
-            sigma, sigma_next = noise_level(sde, t), noise_level(sde, s)
+        def churn(x, i, t):
+            """Raises the noise level to sigma^ = (1 + gamma) sigma~ by fresh noise; returns x^, t(sigma^)."""
+            sigma = noise_level(sde, t)
             gamma = jnp.where((self.s_tmin <= sigma) & (sigma <= self.s_tmax), gamma_max, 0.0)
-            sigma_hat = sigma * (1.0 + gamma)
-            t_hat = sde.t_from_log_snr(sde.log_snr(t) - 2.0 * jnp.log1p(gamma))
             noise = self.s_noise * jax.random.normal(jax.random.fold_in(key, i), x.shape, x.dtype)
-            # sqrt(sigma_hat^2 - sigma^2), written so that gamma = 0 gives exactly 0 (no negative round-off).
+            # sqrt(sigma^2 - sigma~^2), written so that gamma = 0 gives exactly 0 (no negative round-off).
             x_hat = x + sigma * jnp.sqrt(gamma * (2.0 + gamma)) * noise
+            return x_hat, sde.t_from_log_snr(sde.log_snr(t) - 2.0 * jnp.log1p(gamma))
+
+        def step(x, i, t, s, correct=True):
+            # Without churn, no noise is drawn: the RNG would cost as much as a cheap score evaluation.
+            x_hat, t_hat = churn(x, i, t) if gamma_max > 0 else (x, t)
+            sigma_hat, sigma_next = noise_level(sde, t_hat), noise_level(sde, s)
             d = (x_hat - denoise(x_hat, t_hat)) / sigma_hat
             x_next = x_hat + (sigma_next - sigma_hat) * d
             if correct:
