@@ -33,6 +33,7 @@ from scipy import integrate
 
 import scoresde as sd
 from benchmarks.common import time_call, write_json
+from scoresde.bench.accuracy import endpoint_fn, pathwise_error
 from scoresde.samplers.base import per_example
 
 SDES = {"vp": sd.VPSDE(), "subvp": sd.SubVPSDE(), "ve": sd.VESDE()}
@@ -49,16 +50,9 @@ SOLVERS = {
 }
 
 
-def endpoint_fn(sde, mix, sampler):
-    """jit(x_T -> x_eps) without the final denoising step, so every evaluation is the solver's."""
-    score_fn = mix.score_fn(sde)
-    key = jax.random.PRNGKey(0)
-    return jax.jit(lambda x: sd.sample(key, sde, score_fn, x.shape, sampler, x_init=x, denoise=False)[0])
-
-
-def pathwise_error(x, ref) -> float:
-    diff = np.asarray(x - ref).reshape(x.shape[0], -1)
-    return float(np.sqrt(np.mean(np.sum(diff**2, axis=1))))
+def end_point(sde, mix, sampler, x):
+    """x_eps from x_T by the exact score, without the final denoising step: each evaluation the solver's."""
+    return endpoint_fn(sde, mix.score_fn(sde), sampler)(jax.random.PRNGKey(0), x)[0]
 
 
 def error_table(cases, samplers_at) -> list[dict]:
@@ -70,8 +64,8 @@ def error_table(cases, samplers_at) -> list[dict]:
             errors = {}
             on_grid = dataclasses.replace(sampler, schedule=schedule)
             for problem, sde_name, x, ref in cases:
-                run = endpoint_fn(SDES[sde_name], sd.toy.build_problem(problem), on_grid)
-                errors[f"{problem}/{sde_name}"] = pathwise_error(run(x), ref)
+                out = end_point(SDES[sde_name], sd.toy.build_problem(problem), on_grid, x)
+                errors[f"{problem}/{sde_name}"] = pathwise_error(out, ref)
             geo = math.exp(np.mean(np.log(list(errors.values()))))
             rows.append(dict(solver=name, schedule=schedule, nfe=sampler.nfe(), errors=errors, geomean=geo))
             print(f"  {name:17s} {schedule:9s} nfe {sampler.nfe():3d} geomean {geo:.4f}", flush=True)
@@ -85,7 +79,7 @@ def reference_cases(problems, sde_names, num_paths: int):
         for sde_name in sde_names:
             sde = SDES[sde_name]
             x = sde.prior_sampling(jax.random.PRNGKey(1), (num_paths,) + mix.event_shape).astype(jnp.float64)
-            ref = endpoint_fn(sde, mix, sd.samplers.RK45(rtol=1e-10, atol=1e-10))(x)
+            ref = end_point(sde, mix, sd.samplers.RK45(rtol=1e-10, atol=1e-10), x)
             cases.append((problem, sde_name, x, ref))
     return cases
 

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import functools
+
 import jax
 import numpy as np
 
-from scoresde import metrics
+from scoresde import metrics, toy
+from scoresde.bench import accuracy
 from scoresde.toy import GaussianMixture
 
 # Every comparison allows Z standard errors. The sampler and the exact draws are independent sample sets of
@@ -50,6 +53,13 @@ def _within(what: str, got, want, standard_error) -> None:
 
 def exact_draws(mix: GaussianMixture, n: int, seed: int = 12345) -> jax.Array:
     return mix.sample(jax.random.PRNGKey(seed), n)
+
+
+@functools.cache
+def mixture_2d_endpoint(sde, sampler):
+    """jit((key, x_T) -> (x_eps, nfe)) with the exact mixture_2d score and no final denoising step, compiled
+    once per SDE and sampler."""
+    return accuracy.endpoint_fn(sde, toy.mixture_2d().score_fn(sde), sampler)
 
 
 def count_calls(score_fn):

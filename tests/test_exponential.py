@@ -9,8 +9,9 @@ import pytest
 from scipy import integrate
 
 import scoresde as sd
-from checks import assert_matches_mixture, exact_draws
+from checks import assert_matches_mixture, exact_draws, mixture_2d_endpoint
 from scoresde import toy
+from scoresde.bench.accuracy import pathwise_error
 from scoresde.samplers.exponential import (
     exp_moments,
     exponential_update,
@@ -92,12 +93,6 @@ def test_third_order_step_is_exact_for_quadratic_data_prediction(sde):
     np.testing.assert_allclose(miss, -alpha_s * mu2 * h**2 / 2, rtol=1e-6)
 
 
-@functools.cache
-def endpoint_fn(sde, sampler):
-    return jax.jit(lambda key, x: sd.sample(key, sde, MIX_2D.score_fn(sde), x.shape, sampler, x_init=x,
-                                            denoise=False)[0])
-
-
 def test_ddim_without_noise_is_first_order_dpm_solver():
     with jax.enable_x64(True):
         sde = sd.SubVPSDE()
@@ -105,7 +100,7 @@ def test_ddim_without_noise_is_first_order_dpm_solver():
         ddim = sd.samplers.DDIM(num_steps=12, schedule="quadratic")
         dpm1 = sd.samplers.DPMSolverPP(num_steps=12, order=1, schedule="quadratic")
         key = jax.random.PRNGKey(1)
-        a, b = endpoint_fn(sde, ddim)(key, x), endpoint_fn(sde, dpm1)(key, x)
+        a, b = (mixture_2d_endpoint(sde, sampler)(key, x)[0] for sampler in (ddim, dpm1))
         np.testing.assert_allclose(a, b, rtol=1e-12, atol=1e-12)
 
 
@@ -127,15 +122,15 @@ VP = sd.VPSDE(beta_min=0.1, beta_max=20.0)
 def vp_reference(num_paths):
     with jax.enable_x64(True):
         x = VP.prior_sampling(jax.random.PRNGKey(1), (num_paths, 2)).astype(jnp.float64)
-        return x, endpoint_fn(VP, sd.samplers.RK45(rtol=1e-10, atol=1e-10))(jax.random.PRNGKey(0), x)
+        reference = mixture_2d_endpoint(VP, sd.samplers.RK45(rtol=1e-10, atol=1e-10))
+        return x, reference(jax.random.PRNGKey(0), x)[0]
 
 
-def pathwise_error(sampler, num_paths=2048):
+def vp_error(sampler, num_paths=2048):
     """RMS over paths of |x - x_ref| at eps, every path started from the same x_T as the RK45 reference."""
     with jax.enable_x64(True):
         x, ref = vp_reference(num_paths)
-        out = endpoint_fn(VP, sampler)(jax.random.PRNGKey(0), x)
-        return float(jnp.sqrt(jnp.mean(jnp.sum((out - ref) ** 2, axis=-1))))
+        return pathwise_error(mixture_2d_endpoint(VP, sampler)(jax.random.PRNGKey(0), x)[0], ref)
 
 
 def test_few_step_accuracy_at_10_nfe():
@@ -148,7 +143,7 @@ def test_few_step_accuracy_at_10_nfe():
     hold for 2M here.
     """
     errors = {
-        name: pathwise_error(sampler(num_steps=10, schedule="quadratic"))
+        name: vp_error(sampler(num_steps=10, schedule="quadratic"))
         for name, sampler in [("euler", sd.samplers.Euler), ("ddim", sd.samplers.DDIM),
                               ("dpm2", sd.samplers.DPMSolverPP), ("unipc", sd.samplers.UniPC)]
     }

@@ -8,8 +8,9 @@ import numpy as np
 import pytest
 
 import scoresde as sd
-from checks import assert_matches_mixture, count_calls, exact_draws
+from checks import assert_matches_mixture, count_calls, exact_draws, mixture_2d_endpoint
 from scoresde import toy
+from scoresde.bench.accuracy import convergence_order, pathwise_error
 from scoresde.samplers import DDIM, RK45, DPMSolverPP, Euler, Heun, UniPC
 
 SDES = {"vp": sd.VPSDE(), "subvp": sd.SubVPSDE(), "ve": sd.VESDE()}
@@ -18,29 +19,20 @@ NUM_PATHS = 64
 
 
 @functools.cache
-def endpoint_fn(sde_name, sampler):
-    """jit((key, x_T) -> x_eps) with the exact mixture score and no final denoising step."""
-    sde = SDES[sde_name]
-    return jax.jit(lambda key, x: sd.sample(key, sde, MIX_2D.score_fn(sde), x.shape, sampler, x_init=x,
-                                            denoise=False)[0])
-
-
-@functools.cache
 def reference(sde_name):
     """x_T and its image under a tight RK45 solve (rtol = atol = 1e-12, float64): errors below ~1e-10."""
     x = SDES[sde_name].prior_sampling(jax.random.PRNGKey(1), (NUM_PATHS, 2)).astype(jnp.float64)
-    return x, endpoint_fn(sde_name, RK45(rtol=1e-12, atol=1e-12))(jax.random.PRNGKey(0), x)
+    return x, mixture_2d_endpoint(SDES[sde_name], RK45(rtol=1e-12, atol=1e-12))(jax.random.PRNGKey(0), x)[0]
 
 
 def observed_order(sde_name, make_sampler, step_counts):
-    """Least-squares slope of -log(pathwise error) on log(steps); error: RMS over paths of |x - x_ref|."""
+    """The order in NFE of the pathwise error (RMS over paths of |x - x_ref|), by least squares on log-log."""
     with jax.enable_x64(True):
         x, ref = reference(sde_name)
-        errors = []
-        for n in step_counts:
-            out = endpoint_fn(sde_name, make_sampler(n))(jax.random.PRNGKey(0), x)
-            errors.append(float(jnp.sqrt(jnp.mean(jnp.sum((out - ref) ** 2, axis=-1)))))
-    return -np.polyfit(np.log(step_counts), np.log(errors), 1)[0], errors
+        samplers = [make_sampler(n) for n in step_counts]
+        run = lambda sampler: mixture_2d_endpoint(SDES[sde_name], sampler)(jax.random.PRNGKey(0), x)[0]
+        errors = [pathwise_error(run(sampler), ref) for sampler in samplers]
+    return convergence_order([sampler.nfe() for sampler in samplers], errors), errors
 
 
 # (theoretical order, step counts N and 4N), each solver on its default grid. The counts start where the
