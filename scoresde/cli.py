@@ -11,6 +11,10 @@ Verbs:
            labelled images: a classifier's confidence and a Frechet distance in its feature space) and the
            test-set likelihood (bits/dim for images, nats per example for points); writes
            eval/step_<step>.json.
+  bench    `bench samplers`: every SDE x sampler x NFE on an exact-score --problem (pathwise error against
+           a tight RK45 solve, distribution errors beside their Monte Carlo floors, NFE used, compile and run
+           time); writes results.json, results.md and PNG plots into --outdir. `bench overhead`: solve time /
+           (NFE x one score call) for an MLP and a small NCSN++. --quick runs a small grid.
 
 Bad input (unknown names or config keys, unreadable data, a batch that does not split over the devices, a
 workdir holding another run) gives one line on stderr and exit status 2; --verbose shows the traceback.
@@ -19,6 +23,7 @@ workdir holding another run) gives one line on stderr and exit status 2; --verbo
 from __future__ import annotations
 
 import functools
+import inspect
 import json
 import pathlib
 import sys
@@ -29,6 +34,7 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 
 from scoresde import config as config_lib
+from scoresde.bench import command as bench_command
 from scoresde import data as data_lib
 from scoresde import likelihood, metrics, parallel, plots, samplers, sde as sde_lib, toy, train
 
@@ -38,18 +44,25 @@ config_flags.DEFINE_config_file(
 flags.DEFINE_string("workdir", None, "Training run directory (train, sample, eval).")
 flags.DEFINE_bool("resume", False, "train: continue the workdir's run under a changed config.")
 flags.DEFINE_bool("overwrite", False, "train: delete the workdir's run and start over.")
-flags.DEFINE_bool("progress", True, "train: show a progress bar.")
-flags.DEFINE_string("problem", "mixture_2d", "sample without --workdir: exact-score problem, mixture_2d or "
-                    "mixture_image.")
+flags.DEFINE_bool("progress", True, "train, bench: show a progress bar.")
+flags.DEFINE_string("problem", "mixture_2d", "sample without --workdir, bench samplers: exact-score problem, "
+                    "mixture_2d, mixture_image or a mixture .npz (weights [K], means [K, ...], covs [K, D, D]).")
 flags.DEFINE_string("sde", "vpsde", "sample without --workdir: forward SDE, vpsde, subvpsde or vesde.")
 flags.DEFINE_string("sampler", "pc", "Sampler name; with --workdir the config's sampling.method by default.")
 flags.DEFINE_integer("num_steps", 500, "Sampler steps; with --workdir the config's model.num_scales by "
                      "default.")
 flags.DEFINE_integer("num_samples", 2000, "Number of samples; with --workdir the config's eval.num_samples "
-                     "by default.")
+                     "by default; bench samplers: paths per sampler (default 4000).")
 flags.DEFINE_integer("seed", 0, "PRNG seed of sampling and evaluation.")
 flags.DEFINE_string("outdir", "out/sample", "sample: where samples.npz and samples.png are written "
-                    "(with --workdir by default <workdir>/samples).")
+                    "(with --workdir by default <workdir>/samples); bench: default out/bench/samplers or "
+                    "out/bench/overhead.")
+flags.DEFINE_list("sdes", None, "bench samplers: forward SDEs (default vpsde,subvpsde,vesde).")
+flags.DEFINE_list("samplers", None, "bench: sampler specs, a name or name:setting=value:..., e.g. unipc:order=3.")
+flags.DEFINE_list("nfes", None, "bench: target score evaluations per solve (default 5,10,20,50,100,1000; "
+                  "overhead: 50).")
+flags.DEFINE_list("models", None, "bench overhead: networks, mlp and/or ncsnpp.")
+flags.DEFINE_bool("quick", False, "bench: a small grid that finishes in under a minute on two CPU cores.")
 flags.DEFINE_bool("distributed", False, "Call jax.distributed.initialize() first (multi-host runs).")
 flags.DEFINE_bool("verbose", False, "Show tracebacks of errors.")
 FLAGS = flags.FLAGS
@@ -212,7 +225,14 @@ def eval_verb() -> None:
     print(json.dumps(results))
 
 
-VERBS = {"train": train_verb, "sample": sample_verb, "eval": eval_verb}
+def bench_verb(what: str = "") -> None:
+    """`scoresde bench samplers|overhead`; flags given on the command line override the benchmark's settings."""
+    names = ("problem", "sdes", "samplers", "nfes", "models", "num_samples", "seed")
+    overrides = {name: getattr(FLAGS, name) for name in names if FLAGS[name].present}
+    bench_command.run(what, overrides, quick=FLAGS.quick, outdir=_given("outdir", None), progress=FLAGS.progress)
+
+
+VERBS = {"train": train_verb, "sample": sample_verb, "eval": eval_verb, "bench": bench_verb}
 
 
 def _fail(verb: str, message: str) -> None:
@@ -237,10 +257,14 @@ def run(argv: list[str]) -> None:
     logging.set_verbosity(logging.WARNING)
     if len(argv) < 2 or argv[1] not in VERBS:
         raise app.UsageError(f"usage: scoresde VERB [--flags]; VERB is one of {sorted(VERBS)}.")
+    try:
+        inspect.signature(VERBS[argv[1]]).bind(*argv[2:])
+    except TypeError:
+        raise app.UsageError(f"usage: scoresde {argv[1]} [--flags]; unexpected arguments {argv[2:]}.") from None
     if FLAGS.distributed:
         parallel.initialize_distributed()
     try:
-        VERBS[argv[1]]()
+        VERBS[argv[1]](*argv[2:])
     except ValueError as e:
         if FLAGS.verbose:
             raise

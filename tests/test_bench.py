@@ -1,7 +1,10 @@
-"""Sampler benchmarks: NFE targeting, shared accuracy machinery, reproducibility, reports, bad input."""
+"""Sampler benchmarks: NFE targeting, shared accuracy machinery, reproducibility, reports, CLI, bad input."""
 
 import dataclasses
 import json
+import re
+import subprocess
+import sys
 
 import jax
 import numpy as np
@@ -138,10 +141,16 @@ def test_report_prints_every_floor_beside_its_figure_and_draws_plots(tmp_path):
     payload = synthetic_payload()
     paths = report.write_report(tmp_path, payload)
     assert json.loads(paths[0].read_text()) == payload
-    rows = [line for line in paths[1].read_text().splitlines() if line.startswith(("| heun", "| pc"))]
-    assert rows[0] == ("| heun | 9 | 0.1 | 0.2 (0.05) | 0.01 (0.005) | 0.02 (0.006) | 0.03 (0.007) "
-                       "| 1.00 | 9.00 |")
-    assert rows[2].startswith("| pc | 10 | n/a | 0.3 (0.05) |")
+    lines = paths[1].read_text().splitlines()
+    pathwise = lines.index("| pathwise error | NFE 9 | NFE 10 | NFE 19 |")
+    assert lines[pathwise + 2:pathwise + 4] == ["| heun | 0.1 | n/a | 0.02 |", ""]  # no row for pc: stochastic
+    sliced = lines.index("| sliced W2 (floor 0.05) | NFE 9 | NFE 10 | NFE 19 |")
+    assert lines[sliced + 2:sliced + 4] == ["| heun | 0.2 | n/a | 0.1 |", "| pc | n/a | 0.3 | n/a |"]
+    full = lines.index("| sampler | NFE | pathwise error | sliced W2 | mode weights | mode means | mode covs "
+                       "| compile (s) | run (ms) |")
+    assert lines[full + 2] == ("| heun | 9 | 0.1 | 0.2 (0.05) | 0.01 (0.005) | 0.02 (0.006) | 0.03 (0.007) "
+                               "| 1.00 | 9.00 |")
+    assert lines[full + 4].startswith("| pc | 10 | n/a | 0.3 (0.05) |")
     for png in paths[2:]:
         assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size < 200_000
 
@@ -153,3 +162,35 @@ def test_overhead_of_a_sampler_loop():
     assert (row["model"], row["sampler"], row["nfe"]) == ("mlp", "euler", 4)
     assert row["overhead"] == pytest.approx(row["run_ms"] / (4 * row["score_ms"]))
     assert 0.2 < row["overhead"] < 20.0
+
+
+def scoresde(*args, cwd):
+    return subprocess.run([sys.executable, "-m", "scoresde", *args], cwd=cwd, capture_output=True, text=True,
+                          timeout=600)
+
+
+def test_cli_malformed_mixture_file_is_one_line_and_exit_2(tmp_path):
+    np.savez(tmp_path / "mixture.npz", weights=[0.5, 0.5], means=[[0.0], [1.0]])
+    result = scoresde("bench", "samplers", f"--problem={tmp_path / 'mixture.npz'}", cwd=tmp_path)
+    assert result.returncode == 2, result.stderr
+    one_line = r"scoresde bench: error: mixture file .* missing array\(s\) \['covs'\].*\n"
+    assert re.fullmatch(one_line, result.stderr)
+
+
+@pytest.mark.slow
+def test_quick_cli_writes_a_reproducible_report(tmp_path):
+    """`scoresde bench samplers --quick` end to end, twice: the same accuracy figures, every file written."""
+    payloads = []
+    for run in ("a", "b"):
+        outdir = f"--outdir={tmp_path / run}"
+        result = scoresde("bench", "samplers", "--quick", "--noprogress", outdir, cwd=tmp_path)
+        assert result.returncode == 0, result.stderr
+        assert sorted(p.name for p in (tmp_path / run).iterdir()) == [
+            "error_vs_nfe.png", "error_vs_time.png", "results.json", "results.md"]
+        payloads.append(json.loads((tmp_path / run / "results.json").read_text()))
+    figures = [[(r["sampler"], r["nfe"], r["figures"]) for r in p["records"]] for p in payloads]
+    assert figures[0] == figures[1]
+    assert payloads[0]["cases"]["vpsde"]["floors"] == payloads[1]["cases"]["vpsde"]["floors"]
+    quick = exact.QUICK
+    assert len(payloads[0]["records"]) == len(quick.sdes) * len(quick.samplers) * len(quick.nfes)
+    assert all(r["nfe"] <= r["nfe_target"] for r in payloads[0]["records"])

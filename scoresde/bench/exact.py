@@ -70,6 +70,9 @@ def exact_case(
         figures = {"pathwise": pathwise_error(x, x_ref) if deterministic else None}
         return {**figures, **distribution_errors(k_distance, target, x, exact)} if distribution else figures
 
+    # What a converged ODE sampler scores from this x_T: one draw of the scatter whose mean is the floor.
+    summary["reference"]["figures"] = {name: as_figure(v) for name, v in evaluate(x_ref, True).items()}
+
     return Case(sde=sde, score_fn=score_fn, x_init=x_init, evaluate=evaluate, summary=summary)
 
 
@@ -109,7 +112,7 @@ class ExactBench:
         require(self.floor_repeats >= 1, f"floor_repeats must be >= 1; got {self.floor_repeats}.")
 
 
-# Under a minute on two CPU cores, compile time included (measured in tests/test_bench.py).
+# Under a minute on two CPU cores, compile time included (measured: README, "Sampler benchmarks").
 QUICK = ExactBench(sdes=("vpsde",), samplers=("euler", "heun", "dpm_solver_pp", "pc"), nfes=(10, 50),
                    num_samples=1000, floor_repeats=4, repeats=1)
 

@@ -50,26 +50,49 @@ def _figure_names(payload: Payload) -> list[str]:
     return _ordered({name for record in payload["records"] for name in record["figures"]})
 
 
+def _listing(figures: Mapping[str, float | None]) -> str:
+    return ", ".join(f"{FIGURE_TITLES.get(n, n)} {_number(figures[n])}" for n in _ordered(figures))
+
+
 def _case_heading(label: str, summary: Mapping[str, Any]) -> list[str]:
     lines = [f"### {label}", ""]
     if "reference" in summary:
         ref = summary["reference"]
         lines.append(f"Pathwise reference: {ref['sampler']}, {ref['nfe']} NFE, {1e3 * ref['run_s']:.1f} ms.")
+        distribution = {n: v for n, v in ref.get("figures", {}).items() if n != "pathwise"}
+        if distribution:
+            lines.append(f"Its own distribution errors (what a converged ODE sampler scores from this x_T): "
+                         f"{_listing(distribution)}.")
     if summary.get("floors"):
-        floors = ", ".join(f"{FIGURE_TITLES.get(n, n)} {_number(summary['floors'][n])}"
-                           for n in _ordered(summary["floors"]))
-        lines.append(f"Monte Carlo floors ({summary['num_samples']} exact vs exact draws): {floors}.")
+        lines.append(f"Monte Carlo floors ({summary['num_samples']} exact vs exact draws): "
+                     f"{_listing(summary['floors'])}.")
     return lines + [""]
 
 
+def pivot(payload: Payload, case: str, figure: str) -> str:
+    """One figure of one case: a row per sampler, a column per target NFE (at most that many are used)."""
+    records = [r for r in payload["records"] if r["case"] == case]
+    nfes = sorted({r["nfe_target"] for r in records})
+    values = {(r["sampler"], r["nfe_target"]): r["figures"].get(figure) for r in records}
+    floor = payload["cases"][case].get("floors", {}).get(figure)
+    title = FIGURE_TITLES.get(figure, figure) + ("" if floor is None else f" (floor {_number(floor)})")
+    lines = [f"| {title} | " + " | ".join(f"NFE {n}" for n in nfes) + " |", "|---|" + "---:|" * len(nfes)]
+    for sampler in dict.fromkeys(r["sampler"] for r in records if r["figures"].get(figure) is not None):
+        lines.append(f"| {sampler} | " + " | ".join(_number(values.get((sampler, n))) for n in nfes) + " |")
+    return "\n".join(lines)
+
+
 def markdown(payload: Payload) -> str:
-    """One table per case: rows sampler x NFE; each distribution figure printed with its floor in brackets."""
+    """Per case: the plotted figures by sampler and NFE, then all figures, each beside its floor."""
     names = _figure_names(payload)
     titles = [FIGURE_TITLES.get(n, n) for n in names]
     out = []
     for label, summary in payload["cases"].items():
         floors = summary.get("floors", {})
         out += _case_heading(label, summary)
+        for name in PLOTTED_FIGURES:
+            if name in names:
+                out += [pivot(payload, label, name), ""]
         out.append("| sampler | NFE | " + " | ".join(titles) + " | compile (s) | run (ms) |")
         out.append("|---|---:|" + "---:|" * (len(names) + 2))
         for r in (r for r in payload["records"] if r["case"] == label):
