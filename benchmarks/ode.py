@@ -32,8 +32,9 @@ import numpy as np
 from scipy import integrate
 
 import scoresde as sd
-from benchmarks.common import time_call, write_json
 from scoresde.bench.accuracy import endpoint_fn, pathwise_error
+from scoresde.bench.report import write_json
+from scoresde.bench.timing import time_call
 from scoresde.samplers.base import per_example
 
 SDES = {"vp": sd.VPSDE(), "subvp": sd.SubVPSDE(), "ve": sd.VESDE()}
@@ -262,6 +263,7 @@ def main() -> None:
         results[name] = SECTIONS[name](args)
         results[name]["section_seconds"] = time.perf_counter() - start
     write_json(args.out, results)
+    print(f"wrote {args.out}")
     print(markdown(results))
 
 
