@@ -227,7 +227,7 @@ def eval_verb() -> None:
 
 def bench_verb(what: str = "") -> None:
     """`scoresde bench samplers|overhead`; flags given on the command line override the benchmark's settings."""
-    names = ("problem", "sdes", "samplers", "nfes", "models", "num_samples", "seed")
+    names = ("problem", "sdes", "samplers", "nfes", "models", "num_samples", "seed", "workdir")
     overrides = {name: getattr(FLAGS, name) for name in names if FLAGS[name].present}
     bench_command.run(what, overrides, quick=FLAGS.quick, outdir=_given("outdir", None), progress=FLAGS.progress)
 

@@ -17,8 +17,7 @@ def settings_from(base: Any, overrides: Mapping[str, Any], command: str) -> Any:
     """`base` (a settings dataclass) with the given fields replaced; lists become tuples, NFEs integers."""
     valid = [f.name for f in dataclasses.fields(base)]
     unknown = sorted(set(overrides) - set(valid))
-    require(not unknown,
-            f"{command} does not take {['--' + k for k in unknown]}; it takes {['--' + k for k in valid]}.")
+    require(not unknown, f"{command} does not take {['--' + k for k in unknown]}; its settings are {valid}.")
     values = {k: tuple(v) if isinstance(v, (list, tuple)) else v for k, v in overrides.items()}
     if "nfes" in values:
         require(all(str(n).strip().isdigit() for n in values["nfes"]),
