@@ -31,8 +31,6 @@ EndpointFn = Callable[[Array, Array], tuple[Array, Array]]
 # and all three SDEs, well below the errors of fixed-step samplers at the NFEs benchmarked.
 REFERENCE_TOL = 1e-8
 
-DISTRIBUTION_FIGURES = ("sliced_wasserstein", "mode_weights", "mode_means", "mode_covs")
-
 
 def endpoint_fn(sde: SDE, score_fn: ScoreFn, sampler: samplers.Sampler) -> EndpointFn:
     """jit((key, x_T: [B, ...]) -> (x_eps, nfe)): the sampler alone, without the final denoising step."""

@@ -148,7 +148,7 @@ def write_report(outdir: str | pathlib.Path, payload: Payload) -> list[pathlib.P
     names = ("results.json", "results.md", "error_vs_nfe.png", "error_vs_time.png")
     paths = [outdir / name for name in names]
     write_json(paths[0], payload)
-    paths[1].write_text(markdown(payload) + "\n")
+    paths[1].write_text(markdown(payload).rstrip("\n") + "\n")
     plot_errors(paths[2], payload, "nfe")
     plot_errors(paths[3], payload, "run_s")
     return paths
