@@ -70,6 +70,12 @@ def as_figure(value: Any) -> float | None:
     return value if math.isfinite(value) else None
 
 
+def check_nfes(nfes: Sequence[int]) -> None:
+    """Raises ValueError unless nfes is a non-empty sequence of integers >= 1."""
+    require(bool(nfes) and all(isinstance(n, int) and n >= 1 for n in nfes),
+            f"NFEs must be one or more integers >= 1; got {tuple(nfes)}.")
+
+
 def sampler_from_spec(spec: str) -> Sampler:
     """A sampler from "name" or "name:setting=value:...", e.g. "dpm_solver_pp:order=3" or "heun:s_churn=10".
 

@@ -11,20 +11,18 @@ The networks are untrained (initialised from the seed): their cost does not depe
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Any
 
 import jax
 import jax.numpy as jnp
-from tqdm import tqdm
 
 from scoresde import sde as sde_lib
-from scoresde.bench.accuracy import endpoint_fn
-from scoresde.bench.grid import sampler_from_spec
+from scoresde.bench.grid import Case, check_nfes, run_grid, sampler_from_spec
 from scoresde.bench.timing import time_call
 from scoresde.models import build_model
 from scoresde.models.parametrization import Epsilon, network_fn
 from scoresde.samplers.base import require
-from scoresde.sde import ScoreFn
 
 # label -> (model name, options, input shape [B, ...]): the time-conditioned MLP on 2-D points and a small
 # NCSN++ on 16x16 one-channel images, both cheap enough for a CPU.
@@ -56,44 +54,39 @@ class OverheadBench:
     def __post_init__(self):
         unknown = sorted(set(self.models) - set(MODELS))
         require(not unknown, f"unknown model(s) {unknown}; valid names: {sorted(MODELS)}.")
-        require(all(isinstance(n, int) and n >= 1 for n in self.nfes),
-                f"NFEs must be integers >= 1; got {self.nfes}.")
+        check_nfes(self.nfes)
 
 
 QUICK = OverheadBench(samplers=("euler", "dpm_solver_pp"), nfes=(20,), repeats=3)
 
 
-def network_score(label: str, key: jax.Array) -> tuple[ScoreFn, jax.Array]:
-    """(score_fn of the untrained network `label` under the VP SDE, an input x: [B, ...] for it)."""
+def network_case(label: str, key: jax.Array, repeats: int) -> Case:
+    """The untrained network `label` under the VP SDE as a grid case; its summary times one score call."""
     name, options, shape = MODELS[label]
     model = build_model(name, **options)
     x = jax.random.normal(key, shape)
     variables = jax.jit(model.init)(key, x, jnp.ones(shape[:1]))
-    return Epsilon().score_fn(sde_lib.VPSDE(), network_fn(model, variables)), x
+    sde = sde_lib.VPSDE()
+    score_fn = Epsilon().score_fn(sde, network_fn(model, variables))
+    score = jax.jit(score_fn)
+    _, score_s = time_call(lambda: score(x, jnp.full(shape[:1], 0.5)), repeats)
+    summary = {"input": list(shape), "score_s": score_s}
+    return Case(sde=sde, score_fn=score_fn, x_init=x, evaluate=lambda x, deterministic: {}, summary=summary)
 
 
 def bench_overhead(settings: OverheadBench, *, progress: bool = True) -> list[dict[str, Any]]:
-    """One row per model x sampler x NFE: times, the NFE used and the overhead ratio."""
+    """One row per model x sampler x NFE: times, the NFE used and the overhead ratio, from `run_grid`."""
     samplers = {spec: sampler_from_spec(spec) for spec in settings.samplers}
-    configured = {(spec, n): s.with_nfe(n) for spec, s in samplers.items() for n in settings.nfes}
     key = jax.random.PRNGKey(settings.seed)
-    sde, rows = sde_lib.VPSDE(), []
-    total = len(settings.models) * len(configured)
-    with tqdm(total=total, desc="overhead", unit="run", disable=not progress) as bar:
-        for label in settings.models:
-            score_fn, x = network_score(label, key)
-            score = jax.jit(score_fn)
-            t = jnp.full(x.shape[:1], 0.5)
-            _, score_s = time_call(lambda: score(x, t), settings.repeats)
-            for (spec, target), sampler in configured.items():
-                bar.set_postfix_str(f"{label} {spec} NFE {target}")
-                run = endpoint_fn(sde, score_fn, sampler)
-                first, run_s = time_call(lambda: run(key, x), settings.repeats)
-                nfe = int(run(key, x)[1])
-                rows.append(dict(model=label, shape=list(x.shape), sampler=spec, nfe_target=target, nfe=nfe,
-                                 score_ms=1e3 * score_s, run_ms=1e3 * run_s,
-                                 compile_s=max(first - run_s, 0.0), overhead=run_s / (nfe * score_s)))
-                bar.update()
+    cases = {label: functools.partial(network_case, label, key, settings.repeats)
+             for label in settings.models}
+    results = run_grid(cases, samplers, settings.nfes, key=key, repeats=settings.repeats, progress=progress)
+    rows = []
+    for r in results.records:
+        score_s = results.cases[r.case]["score_s"]
+        rows.append(dict(model=r.case, shape=results.cases[r.case]["input"], sampler=r.sampler,
+                         nfe_target=r.nfe_target, nfe=r.nfe, score_ms=1e3 * score_s, run_ms=1e3 * r.run_s,
+                         compile_s=r.compile_s, overhead=r.run_s / (r.nfe * score_s)))
     return rows
 
 
