@@ -22,7 +22,7 @@ workdir holding another run) gives one line on stderr and exit status 2; --verbo
 
 from __future__ import annotations
 
-import functools
+import importlib.util
 import inspect
 import json
 import pathlib
@@ -38,9 +38,39 @@ from scoresde.bench import command as bench_command
 from scoresde import data as data_lib
 from scoresde import likelihood, metrics, parallel, plots, samplers, sde as sde_lib, toy, train
 
+
+class _ConfigFileParser(flags.ArgumentParser):
+    """Loads `path[:argument]` with `exec_module` and returns its locked `get_config(argument)`.
+
+    ml_collections loads config files with the deprecated `SourceFileLoader.load_module()`, which on CPython
+    3.11 can raise `KeyError: <thread id>` when a finalizer imports a module during the load.
+    """
+
+    def __init__(self, name: str):
+        self.name = name
+
+    def flag_type(self) -> str:
+        return "config object"
+
+    def parse(self, argument: str):
+        path, *args = argument.split(":", 1)
+        if not pathlib.Path(path).is_file():
+            raise ValueError(f"config file {path!r} does not exist.")
+        spec = importlib.util.spec_from_file_location(f"{self.name}_config", path)
+        module = importlib.util.module_from_spec(spec)
+        try:  # the user's file may raise anything; the message keeps its exception
+            spec.loader.exec_module(module)
+            config = module.get_config(*args)
+        except Exception as error:
+            raise ValueError(f"config file {argument!r}: {type(error).__name__}: {error}") from error
+        config.lock()
+        return config
+
+
 config_flags.DEFINE_config_file(
     "config", None, "Experiment config file (train), e.g. configs/toy/checkerboard.py; override its fields "
     "with --config.training.batch_size=64.", lock_config=True)
+flags.FLAGS["config"].parser = _ConfigFileParser("config")
 flags.DEFINE_string("workdir", None, "Training run directory (train, sample, eval).")
 flags.DEFINE_bool("resume", False, "train: continue the workdir's run under a changed config.")
 flags.DEFINE_bool("overwrite", False, "train: delete the workdir's run and start over.")
@@ -82,25 +112,10 @@ def train_verb() -> None:
     """Trains --config into --workdir."""
     _require_flag("config", "train")
     _require_flag("workdir", "train")
-    try:
-        config_dict = FLAGS.config.to_dict()
-    except OSError as error:  # ml_collections defers a config file that failed to load until first use
-        raise ValueError(" ".join(str(error).split())) from error
-    experiment = train.build_experiment(config_lib.from_dict(config_dict))
+    experiment = train.build_experiment(config_lib.from_dict(FLAGS.config.to_dict()))
     state = train.run(experiment, FLAGS.workdir, resume=FLAGS.resume, overwrite=FLAGS.overwrite,
                       progress=FLAGS.progress)
     print(f"trained {int(state.step)} steps; run in {FLAGS.workdir}")
-
-
-def _restore(workdir: pathlib.Path) -> tuple[train.Experiment, train.TrainState]:
-    """The experiment of a training run and its newest checkpoint."""
-    experiment = train.build_experiment(train.load_config(workdir))
-    checkpointer = train.checkpoint.Checkpointer(workdir)
-    state = checkpointer.restore_latest(experiment.abstract_state(parallel.data_mesh()))
-    checkpointer.close()
-    if state is None:
-        raise ValueError(f"{workdir} holds no checkpoint yet.")
-    return experiment, state
 
 
 def _workdir_sampler(experiment: train.Experiment) -> samplers.Sampler:
@@ -114,11 +129,11 @@ def _workdir_sampler(experiment: train.Experiment) -> samplers.Sampler:
 def sample_workdir() -> None:
     """Samples the newest checkpoint of --workdir; writes samples_<step>_<sampler>.npz and .png."""
     workdir = pathlib.Path(FLAGS.workdir)
-    experiment, state = _restore(workdir)
+    experiment, state = train.restore(workdir)
     sampler = _workdir_sampler(experiment)
     num_samples = _given("num_samples", experiment.config.eval.num_samples)
-    key = jax.random.PRNGKey(FLAGS.seed)
-    x, nfe = train.draw_samples(experiment, state.ema_params, key, num_samples, sampler)
+    draw = train.sampling_fn(experiment, num_samples, sampler)
+    x, nfe = draw(state.ema_params, jax.random.PRNGKey(FLAGS.seed))
     out = pathlib.Path(_given("outdir", workdir / train.SAMPLES_DIR))
     out.mkdir(parents=True, exist_ok=True)
     stem = out / f"samples_{int(state.step)}_{_given('sampler', experiment.config.sampling.method)}"
@@ -183,14 +198,18 @@ def test_likelihood(experiment: train.Experiment, params, key: jax.Array) -> dic
     Images are dequantized uniformly (Theis et al. 2016) before the model sees them.
     """
     dataset, batch_size = experiment.dataset, experiment.config.eval.batch_size
-    score_fn = experiment.objective.score_fn(params)
+    objective = experiment.objective
     x = dataset.test[:batch_size]
     if dataset.is_image:
         x = dataset.scale(data_lib.dequantize(x, np.random.default_rng(FLAGS.seed)))
     divergence = "rademacher" if dataset.is_image else "exact"
-    sde = experiment.objective.sde
-    logp, nfe = jax.jit(functools.partial(likelihood.log_likelihood, sde=sde, score_fn=score_fn,
-                                          divergence=divergence))(key, x=x)
+
+    @jax.jit
+    def log_likelihood(params, key, x):
+        score_fn = objective.score_fn(params)
+        return likelihood.log_likelihood(key, objective.sde, score_fn, x, divergence=divergence)
+
+    logp, nfe = log_likelihood(params, key, x)
     if not dataset.is_image:
         return {"test_nll_nats": float(-np.mean(logp)), "likelihood_nfe": int(nfe)}
     data_range = (-1.0, 1.0) if dataset.centered else (0.0, 1.0)
@@ -202,15 +221,15 @@ def eval_verb() -> None:
     """Evaluates the newest checkpoint of --workdir; writes <workdir>/eval/step_<step>.json."""
     _require_flag("workdir", "eval")
     workdir = pathlib.Path(FLAGS.workdir)
-    experiment, state = _restore(workdir)
+    experiment, state = train.restore(workdir)
     config, key = experiment.config.eval, jax.random.PRNGKey(FLAGS.seed)
     if not len(experiment.dataset.test):
         raise ValueError("eval compares with held-out data, and this run has none: data.test_fraction is 0.")
     results = {"step": int(state.step)}
     if config.enable_sampling:
         num_samples = _given("num_samples", config.num_samples)
-        sampler = _workdir_sampler(experiment)
-        x, nfe = train.draw_samples(experiment, state.ema_params, key, num_samples, sampler)
+        draw = train.sampling_fn(experiment, num_samples, _workdir_sampler(experiment))
+        x, nfe = draw(state.ema_params, key)
         results["sampling_nfe"] = nfe
         dataset = experiment.dataset
         if not dataset.is_image:
@@ -247,8 +266,8 @@ def parse_flags(argv: list[str]) -> list[str]:
     except (flags.Error, KeyError, AttributeError) as error:
         if "--verbose" in argv:
             raise
-        text = error.args[0] if isinstance(error, KeyError) else str(error)
-        lines = [line for line in str(text).splitlines() if line.strip()]
+        text = str(error.args[0]) if isinstance(error, KeyError) and error.args else str(error)
+        lines = [line for line in text.splitlines() if line.strip()] or [repr(error)]
         # A config file that raised keeps the traceback in the message; its last line is the exception.
         _fail(argv[1] if len(argv) > 1 else "", f"{lines[0]} {lines[-1]}" if "Traceback" in text else text)
 

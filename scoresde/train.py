@@ -165,12 +165,20 @@ def compile_train_steps(
 ) -> Callable[[TrainState, Array], tuple[TrainState, Array]]:
     """(state, batches: [n, B, ...]) -> (state after n steps, losses: [n]), one lax.scan jitted over `mesh`.
 
-    The batch axis is split over the mesh's devices; the state is replicated and donated.
+    The batch axis is split over the mesh's devices; the state is replicated and donated. A single step runs
+    outside any loop: XLA:CPU (jaxlib 0.10) computes convolution gradients inside a while loop some 35x slower
+    than outside one, so on CPU convolutional networks train with n_jitted_steps=1.
     """
     step = functools.partial(train_step, objective, optimizer, ema_rate)
     replicated = parallel.replicated(mesh)
-    return jax.jit(lambda state, batches: lax.scan(step, state, batches),
-                   in_shardings=(replicated, parallel.batch_sharding(mesh, 1)),
+
+    def steps(state: TrainState, batches: Array) -> tuple[TrainState, Array]:
+        if batches.shape[0] == 1:
+            state, loss = step(state, batches[0])
+            return state, loss[None]
+        return lax.scan(step, state, batches)
+
+    return jax.jit(steps, in_shardings=(replicated, parallel.batch_sharding(mesh, 1)),
                    out_shardings=(replicated, replicated), donate_argnums=0)
 
 
@@ -207,6 +215,7 @@ def build_objective(config: Config, *, images: bool) -> Objective:
 
 
 def build_optimizer_of(config: Config) -> optax.GradientTransformation:
+    """`build_optimizer` with the config's `optim` section."""
     o = config.optim
     return build_optimizer(o.optimizer, lr=o.lr, beta1=o.beta1, eps=o.eps, weight_decay=o.weight_decay,
                            warmup=o.warmup, grad_clip=o.grad_clip)
@@ -220,17 +229,26 @@ def build_experiment(config: Config) -> Experiment:
                       build_optimizer_of(config), sampler)
 
 
-def draw_samples(
-    experiment: Experiment, params: Any, key: Array, num_samples: int, sampler: Sampler | None = None
-) -> tuple[np.ndarray, int]:
-    """num_samples samples in the data's stored range ([0, 1] images, points as given) and the NFE count."""
+def sampling_fn(
+    experiment: Experiment, num_samples: int, sampler: Sampler | None = None
+) -> Callable[[Any, Array], tuple[np.ndarray, int]]:
+    """(params, key) -> (num_samples samples in the data's stored range, NFE), compiled once.
+
+    Images come back in [0, 1], points as given; `sampler` defaults to the config's.
+    """
     sampler = experiment.sampler if sampler is None else sampler
-    score_fn = experiment.objective.score_fn(params)
-    shape = (num_samples,) + experiment.example_shape
+    objective, shape = experiment.objective, (num_samples,) + experiment.example_shape
     denoise = experiment.config.sampling.noise_removal
-    draw = jax.jit(lambda k: sample(k, experiment.objective.sde, score_fn, shape, sampler, denoise=denoise))
-    x, nfe = draw(key)
-    return np.asarray(experiment.dataset.unscale(x)), int(nfe)
+
+    @jax.jit
+    def draw(params, key):
+        return sample(key, objective.sde, objective.score_fn(params), shape, sampler, denoise=denoise)
+
+    def samples(params, key):
+        x, nfe = draw(params, key)
+        return np.asarray(experiment.dataset.unscale(x)), int(nfe)
+
+    return samples
 
 
 def write_samples_png(path: pathlib.Path, experiment: Experiment, x: np.ndarray, title: str) -> None:
@@ -264,6 +282,19 @@ def load_config(workdir: pathlib.Path) -> Config:
     if not path.is_file():
         raise ValueError(f"{workdir} holds no training run ({CONFIG_FILE} is missing).")
     return from_dict(json.loads(path.read_text()))
+
+
+def restore(workdir: pathlib.Path | str) -> tuple[Experiment, TrainState]:
+    """The experiment of the training run in `workdir` and its newest checkpoint (ValueError if none)."""
+    experiment = build_experiment(load_config(workdir))
+    checkpointer = checkpoint.Checkpointer(workdir)
+    try:
+        state = checkpointer.restore_latest(experiment.abstract_state(parallel.data_mesh()))
+    finally:
+        checkpointer.close()
+    if state is None:
+        raise ValueError(f"{workdir} holds no checkpoint yet.")
+    return experiment, state
 
 
 def check_workdir(workdir: pathlib.Path, config: Config, *, resume: bool, overwrite: bool) -> bool:
@@ -364,6 +395,7 @@ def run(
     (workdir / CONFIG_FILE).write_text(json.dumps(config.to_dict(), indent=2) + "\n")
     steps = compile_train_steps(experiment.objective, experiment.optimizer, config.model.ema_rate, mesh)
     eval_loss = jax.jit(lambda params, key, batch: experiment.objective(params, key, batch, train=False))
+    snapshot_samples = sampling_fn(experiment, t.batch_size)
     step = int(state.step)
     log = _Log(workdir, step, t.n_iters, progress)
     losses = []
@@ -381,7 +413,7 @@ def run(
             if step % t.eval_freq == 0 and len(experiment.dataset.test):
                 test = next(experiment.dataset.test_batches(t.batch_size))
                 log.write(step, eval_loss=float(eval_loss(state.ema_params, jax.random.PRNGKey(step), test)))
-            _checkpoint(experiment, workdir, checkpoints, state, step)
+            _checkpoint(experiment, workdir, checkpoints, state, step, snapshot_samples)
     finally:
         log.close()
         checkpoints.close()
@@ -389,14 +421,14 @@ def run(
 
 
 def _checkpoint(experiment: Experiment, workdir: pathlib.Path, checkpoints: checkpoint.Checkpointer,
-                state: TrainState, step: int) -> None:
+                state: TrainState, step: int, snapshot_samples: Callable) -> None:
     """Saves a snapshot (with samples) or a preemption checkpoint when `step` is due for one."""
     t = experiment.config.training
     snapshot = step % t.snapshot_freq == 0 or step == t.n_iters
     if snapshot or step % t.snapshot_freq_for_preemption == 0:
         checkpoints.save(step, state, snapshot=snapshot)
     if snapshot and t.snapshot_sampling:
-        x, nfe = draw_samples(experiment, state.ema_params, jax.random.PRNGKey(step), t.batch_size)
+        x, nfe = snapshot_samples(state.ema_params, jax.random.PRNGKey(step))
         (workdir / SAMPLES_DIR).mkdir(exist_ok=True)
         path = workdir / SAMPLES_DIR / f"step_{step}.png"
         write_samples_png(path, experiment, x, f"step {step}, {nfe} NFE")

@@ -11,10 +11,11 @@ import shutil
 import subprocess
 import sys
 
+import jax
 import numpy as np
 import pytest
 
-from scoresde import cli
+from scoresde import cli, train
 
 import tiny_runs
 
@@ -120,6 +121,10 @@ BAD_TRAIN_INPUT = {
     "unknown model option": (["--config=configs/toy/checkerboard.py:vesde", "--config.model.name=ncsnpp"],
                              "unknown option(s) ['depth', 'width'] for model 'ncsnpp'"),
     "config file argument": (["--config=configs/toy/checkerboard.py:vp"], "unknown SDE 'vp'"),
+    "missing config file": (["--config=configs/toy/checkerbored.py"],
+                            "config file 'configs/toy/checkerbored.py' does not exist"),
+    "config file without get_config": (["--config=tests/checks.py"],
+                                       "AttributeError: module 'config_config' has no attribute 'get_config'"),
     "n_jitted_steps": (["--config.training.n_iters=5"], "n_iters=5 must be a positive multiple"),
 }
 
@@ -211,17 +216,25 @@ def test_batch_not_divisible_by_the_device_count(tmp_path):
 @pytest.mark.slow
 def test_a_tiny_ncsnpp_trains_samples_and_evaluates_on_digits(tmp_path, monkeypatch, capsys):
     workdir = tmp_path / "run"
-    overrides = {**tiny_runs.TINY_NCSNPP, "model.dropout": 0.1, "training.snapshot_sampling": True,
-                 "eval.enable_bpd": True}
+    overrides = {**tiny_runs.TINY_NCSNPP, "model.dropout": 0.1, "eval.enable_bpd": True}
     flags = ["--config=configs/digits/ddpmpp.py", "--noprogress", *tiny_runs.flags(overrides)]
     code, out, err = scoresde(monkeypatch, capsys, "train", f"--workdir={workdir}", *flags)
     assert code == 0, err
-    assert (workdir / "samples" / "step_2.png").is_file()
-    code, out, err = scoresde(monkeypatch, capsys, "sample", f"--workdir={workdir}", "--num_samples=9")
+    experiment, state = train.restore(workdir)
+    initial = experiment.init_state()
+    assert int(state.step) == 2
+    for before, after in ((initial.params, state.params), (initial.ema_params, state.ema_params)):
+        leaves = zip(jax.tree_util.tree_leaves(before), jax.tree_util.tree_leaves(after))
+        assert not all(np.array_equal(a, b) for a, b in leaves)
+    losses = [json.loads(line)["loss"] for line in (workdir / "metrics.jsonl").read_text().splitlines()
+              if '"loss"' in line]
+    assert len(losses) == 2 and np.all(np.isfinite(losses))
+    fast = ["--sampler=ddim", "--num_steps=2"]  # one network evaluation per step compiles fastest
+    code, out, err = scoresde(monkeypatch, capsys, "sample", f"--workdir={workdir}", "--num_samples=9", *fast)
     assert code == 0, err
-    x = np.load(workdir / "samples" / "samples_2_pc.npz")["x"]
+    x = np.load(workdir / "samples" / "samples_2_ddim.npz")["x"]
     assert x.shape == (9, 8, 8, 1) and np.all(np.isfinite(x))
-    code, out, err = scoresde(monkeypatch, capsys, "eval", f"--workdir={workdir}")
+    code, out, err = scoresde(monkeypatch, capsys, "eval", f"--workdir={workdir}", *fast)
     assert code == 0, err
     results = json.loads((workdir / "eval" / "step_2.json").read_text())
     assert results["classifier_test_accuracy"] > 0.8

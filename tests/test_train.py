@@ -1,7 +1,7 @@
 """Tests for scoresde/train.py: end-to-end runs, bitwise resume, workdir protection, optimizer and EMA.
 
-CPU compilation dominates, so runs use tiny networks (tests/tiny_runs.py); the learning test, which trains the
-full checkerboard config, is marked slow.
+CPU compilation dominates, so runs use a tiny MLP (tests/tiny_runs.py); the learning test, which trains the
+full checkerboard config, is marked slow, and so is the tiny NCSN++ run (tests/test_cli.py).
 """
 
 import functools
@@ -74,13 +74,6 @@ def test_one_step_of_the_mlp(tmp_path):
         "training.snapshot_freq": 1, "training.snapshot_freq_for_preemption": 1}))
     state = train.run(experiment, tmp_path, progress=False)
     _assert_trained(experiment, experiment.init_state(), state, tmp_path, n_iters=1)
-
-
-@pytest.mark.slow
-def test_few_steps_of_a_tiny_ncsnpp(tmp_path):
-    experiment = _experiment(tiny_runs.tiny_ncsnpp())
-    state = train.run(experiment, tmp_path, progress=False)
-    _assert_trained(experiment, experiment.init_state(), state, tmp_path, n_iters=2, samples=False)
 
 
 def test_resume_repeats_an_uninterrupted_run_bitwise(mlp_run, tmp_path):
@@ -166,6 +159,6 @@ def test_checkerboard_config_learns_to_within_twice_the_held_out_distance(tmp_pa
     points within 2x of that between two held-out sets of 1000 (measured: 0.103 vs 0.081)."""
     experiment = _experiment(tiny_runs.load("toy/checkerboard"))
     state = train.run(experiment, tmp_path, progress=False)
-    x, _ = train.draw_samples(experiment, state.ema_params, jax.random.PRNGKey(0), 1000)
+    x, _ = train.sampling_fn(experiment, 1000)(state.ema_params, jax.random.PRNGKey(0))
     result = point_metrics(jax.random.PRNGKey(0), x, experiment.dataset.test)
     assert result["sliced_wasserstein"] < 2 * result["sliced_wasserstein_held_out"], result

@@ -36,7 +36,7 @@ TINY_NCSNPP = {
     "data.image_size": 8, "model.nf": 8, "model.ch_mult": (1, 2), "model.num_res_blocks": 1,
     "model.attn_resolutions": (4,), "model.num_scales": 2, "model.dropout": 0.0,
     "training.batch_size": 8, "training.n_jitted_steps": 1, "training.n_iters": 2, "training.log_freq": 1,
-    "training.eval_freq": 2, "training.snapshot_freq": 2, "training.snapshot_freq_for_preemption": 1,
+    "training.eval_freq": 1000, "training.snapshot_freq": 2, "training.snapshot_freq_for_preemption": 1,
     "training.snapshot_sampling": False, "eval.num_samples": 20, "eval.batch_size": 4,
     "eval.enable_bpd": False, "optim.warmup": 0,
 }
