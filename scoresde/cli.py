@@ -13,8 +13,10 @@ Verbs:
            eval/step_<step>.json.
   bench    `bench samplers`: every SDE x sampler x NFE on an exact-score --problem (pathwise error against
            a tight RK45 solve, distribution errors beside their Monte Carlo floors, NFE used, compile and run
-           time); writes results.json, results.md and PNG plots into --outdir. `bench overhead`: solve time /
-           (NFE x one score call) for an MLP and a small NCSN++. --quick runs a small grid.
+           time); with --workdir the same grid on the run's learnt score, scored against held-out data
+           beside what real data scores. Writes results.json, results.md and PNG plots into --outdir.
+           `bench overhead`: solve time / (NFE x one score call) for an MLP and a small NCSN++. --quick runs
+           a small grid.
 
 Bad input (unknown names or config keys, unreadable data, a batch that does not split over the devices, a
 workdir holding another run) gives one line on stderr and exit status 2; --verbose shows the traceback.
@@ -22,6 +24,7 @@ workdir holding another run) gives one line on stderr and exit status 2; --verbo
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import inspect
 import json
@@ -35,8 +38,7 @@ from ml_collections import config_flags
 
 from scoresde import config as config_lib
 from scoresde.bench import command as bench_command
-from scoresde import data as data_lib
-from scoresde import likelihood, metrics, parallel, plots, samplers, sde as sde_lib, toy, train
+from scoresde import evaluation, parallel, plots, samplers, sde as sde_lib, toy, train
 
 
 class _ConfigFileParser(flags.ArgumentParser):
@@ -71,24 +73,26 @@ config_flags.DEFINE_config_file(
     "config", None, "Experiment config file (train), e.g. configs/toy/checkerboard.py; override its fields "
     "with --config.training.batch_size=64.", lock_config=True)
 flags.FLAGS["config"].parser = _ConfigFileParser("config")
-flags.DEFINE_string("workdir", None, "Training run directory (train, sample, eval).")
+flags.DEFINE_string("workdir", None, "Training run directory (train, sample, eval, bench samplers).")
 flags.DEFINE_bool("resume", False, "train: continue the workdir's run under a changed config.")
 flags.DEFINE_bool("overwrite", False, "train: delete the workdir's run and start over.")
 flags.DEFINE_bool("progress", True, "train, bench: show a progress bar.")
 flags.DEFINE_string("problem", "mixture_2d", "sample without --workdir, bench samplers: exact-score problem, "
-                    "mixture_2d, mixture_image or a mixture .npz (weights [K], means [K, ...], covs [K, D, D]).")
+                    "mixture_2d, mixture_image or a mixture .npz (weights [K], means [K, ...], "
+                    "covs [K, D, D]).")
 flags.DEFINE_string("sde", "vpsde", "sample without --workdir: forward SDE, vpsde, subvpsde or vesde.")
 flags.DEFINE_string("sampler", "pc", "Sampler name; with --workdir the config's sampling.method by default.")
 flags.DEFINE_integer("num_steps", 500, "Sampler steps; with --workdir the config's model.num_scales by "
                      "default.")
 flags.DEFINE_integer("num_samples", 2000, "Number of samples; with --workdir the config's eval.num_samples "
-                     "by default; bench samplers: paths per sampler (default 4000).")
+                     "by default; bench samplers: paths per sampler (default 4000, with --workdir 1000).")
 flags.DEFINE_integer("seed", 0, "PRNG seed of sampling and evaluation.")
 flags.DEFINE_string("outdir", "out/sample", "sample: where samples.npz and samples.png are written "
                     "(with --workdir by default <workdir>/samples); bench: default out/bench/samplers or "
                     "out/bench/overhead.")
 flags.DEFINE_list("sdes", None, "bench samplers: forward SDEs (default vpsde,subvpsde,vesde).")
-flags.DEFINE_list("samplers", None, "bench: sampler specs, a name or name:setting=value:..., e.g. unipc:order=3.")
+flags.DEFINE_list("samplers", None, "bench: sampler specs, a name or name:setting=value:..., "
+                  "e.g. unipc:order=3.")
 flags.DEFINE_list("nfes", None, "bench: target score evaluations per solve (default 5,10,20,50,100,1000; "
                   "overhead: 50).")
 flags.DEFINE_list("models", None, "bench overhead: networks, mlp and/or ncsnpp.")
@@ -146,7 +150,11 @@ def sample_problem() -> None:
     """Samples the exact score of --problem and writes samples.npz and samples.png into --outdir."""
     mix = toy.build_problem(FLAGS.problem)
     sde = sde_lib.build_sde(FLAGS.sde)
-    sampler = samplers.build_sampler(FLAGS.sampler, num_steps=FLAGS.num_steps)
+    sampler = samplers.build_sampler(FLAGS.sampler)
+    if FLAGS["num_steps"].present or hasattr(sampler, "num_steps"):
+        if not hasattr(sampler, "num_steps"):
+            raise ValueError(f"sampler {FLAGS.sampler!r} chooses its own steps; it takes no --num_steps.")
+        sampler = dataclasses.replace(sampler, num_steps=FLAGS.num_steps)
     shape = (FLAGS.num_samples,) + mix.event_shape
     draw = jax.jit(lambda key: samplers.sample(key, sde, mix.score_fn(sde), shape, sampler))
     x, nfe = draw(jax.random.PRNGKey(FLAGS.seed))
@@ -162,68 +170,13 @@ def sample_verb() -> None:
     (sample_workdir if FLAGS.workdir else sample_problem)()
 
 
-def point_metrics(key: jax.Array, samples: np.ndarray, test: np.ndarray) -> dict[str, float]:
-    """Sliced Wasserstein and MMD of n samples to n held-out points, and both between two held-out halves.
-
-    The second pair is the floor: what exact samples of the same size would score.
-    """
-    n = min(len(samples), len(test) // 2)
-    held_out, other = test[:n], test[n:2 * n]
-    k_model, k_floor = jax.random.split(key)
-    return {
-        "sliced_wasserstein": float(metrics.sliced_wasserstein(k_model, samples[:n], held_out)),
-        "sliced_wasserstein_held_out": float(metrics.sliced_wasserstein(k_floor, other, held_out)),
-        "mmd": float(metrics.mmd(samples[:n], held_out)),
-        "mmd_held_out": float(metrics.mmd(other, held_out)),
-        "num_samples": n,
-    }
-
-
-def image_metrics(dataset: data_lib.Dataset, samples: np.ndarray) -> dict[str, float]:
-    """Accuracy of a digits classifier on the test set, and its confidence and Frechet distance on samples."""
-    classifier = metrics.train_digits_classifier(dataset)
-    test = np.concatenate(list(dataset.test_batches(len(dataset.test))))
-    quality = metrics.digits_sample_quality(classifier, dataset.scale(samples), test)
-    return {
-        "classifier_test_accuracy": metrics.classifier_accuracy(classifier, test, dataset.test_labels),
-        "sample_confidence": quality.confidence,
-        "sample_class_entropy": quality.class_entropy,
-        "frechet_distance": quality.frechet,
-    }
-
-
-def test_likelihood(experiment: train.Experiment, params, key: jax.Array) -> dict[str, float]:
-    """Probability-flow log-likelihood of one eval batch of test data: nats per point, or bits/dim of images.
-
-    Images are dequantized uniformly (Theis et al. 2016) before the model sees them.
-    """
-    dataset, batch_size = experiment.dataset, experiment.config.eval.batch_size
-    objective = experiment.objective
-    x = dataset.test[:batch_size]
-    if dataset.is_image:
-        x = dataset.scale(data_lib.dequantize(x, np.random.default_rng(FLAGS.seed)))
-    divergence = "rademacher" if dataset.is_image else "exact"
-
-    @jax.jit
-    def log_likelihood(params, key, x):
-        score_fn = objective.score_fn(params)
-        return likelihood.log_likelihood(key, objective.sde, score_fn, x, divergence=divergence)
-
-    logp, nfe = log_likelihood(params, key, x)
-    if not dataset.is_image:
-        return {"test_nll_nats": float(-np.mean(logp)), "likelihood_nfe": int(nfe)}
-    data_range = (-1.0, 1.0) if dataset.centered else (0.0, 1.0)
-    bpd = likelihood.bits_per_dim(logp, x.shape[1:], data_range=data_range)
-    return {"test_bits_per_dim": float(np.mean(bpd)), "likelihood_nfe": int(nfe)}
-
-
 def eval_verb() -> None:
     """Evaluates the newest checkpoint of --workdir; writes <workdir>/eval/step_<step>.json."""
     _require_flag("workdir", "eval")
     workdir = pathlib.Path(FLAGS.workdir)
     experiment, state = train.restore(workdir)
-    config, key = experiment.config.eval, jax.random.PRNGKey(FLAGS.seed)
-    if not len(experiment.dataset.test):
+    config, dataset, key = experiment.config.eval, experiment.dataset, jax.random.PRNGKey(FLAGS.seed)
+    if not len(dataset.test):
         raise ValueError("eval compares with held-out data, and this run has none: data.test_fraction is 0.")
     results = {"step": int(state.step)}
     if config.enable_sampling:
@@ -231,13 +184,15 @@ def eval_verb() -> None:
         draw = train.sampling_fn(experiment, num_samples, _workdir_sampler(experiment))
         x, nfe = draw(state.ema_params, key)
         results["sampling_nfe"] = nfe
-        dataset = experiment.dataset
         if not dataset.is_image:
-            results.update(point_metrics(key, x, dataset.test))
+            results.update(evaluation.point_metrics(key, x, dataset.test))
         elif dataset.test_labels is not None:
-            results.update(image_metrics(dataset, x))
+            results.update(evaluation.image_metrics(evaluation.DigitsScorer.build(dataset), x))
     if config.enable_bpd:
-        results.update(test_likelihood(experiment, state.ema_params, key))
+        x = evaluation.test_examples(dataset, config.batch_size, FLAGS.seed)
+        figures = evaluation.likelihood_fn(experiment.objective, dataset)(state.ema_params, key, x)
+        results["likelihood_nfe"] = figures.pop("likelihood_nfe")
+        results.update({f"test_{name}": value for name, value in figures.items()})
     out = workdir / "eval"
     out.mkdir(exist_ok=True)
     (out / f"step_{int(state.step)}.json").write_text(json.dumps(results, indent=2) + "\n")
@@ -245,10 +200,11 @@ def eval_verb() -> None:
 
 
 def bench_verb(what: str = "") -> None:
-    """`scoresde bench samplers|overhead`; flags given on the command line override the benchmark's settings."""
+    """`scoresde bench samplers|overhead`; flags on the command line override the benchmark's settings."""
     names = ("problem", "sdes", "samplers", "nfes", "models", "num_samples", "seed", "workdir")
     overrides = {name: getattr(FLAGS, name) for name in names if FLAGS[name].present}
-    bench_command.run(what, overrides, quick=FLAGS.quick, outdir=_given("outdir", None), progress=FLAGS.progress)
+    bench_command.run(what, overrides, quick=FLAGS.quick, outdir=_given("outdir", None),
+                      progress=FLAGS.progress)
 
 
 VERBS = {"train": train_verb, "sample": sample_verb, "eval": eval_verb, "bench": bench_verb}
@@ -259,6 +215,15 @@ def _fail(verb: str, message: str) -> None:
     sys.exit(2)
 
 
+def _missing_field_text(error: Exception, argv: list[str]) -> str:
+    """ml_collections names a field the config lacks as bare "'name'"; say which override asked for it."""
+    text = str(error.args[0]) if error.args else repr(error)
+    name = text.strip("\"'")
+    given = [arg.split("=")[0] for arg in argv if name.isidentifier() and arg.startswith("--config.")
+             and f".{name}" in arg.split("=")[0]]
+    return f"{given[0]}: the config has no field {name!r}." if given else text
+
+
 def parse_flags(argv: list[str]) -> list[str]:
     """absl flag parsing whose errors (unknown flags or --config.* keys, broken config files) are one line."""
     try:
@@ -266,7 +231,8 @@ def parse_flags(argv: list[str]) -> list[str]:
     except (flags.Error, KeyError, AttributeError) as error:
         if "--verbose" in argv:
             raise
-        text = str(error.args[0]) if isinstance(error, KeyError) and error.args else str(error)
+        missing_field = isinstance(error, (KeyError, AttributeError))
+        text = _missing_field_text(error, argv) if missing_field else str(error)
         lines = [line for line in text.splitlines() if line.strip()] or [repr(error)]
         # A config file that raised keeps the traceback in the message; its last line is the exception.
         _fail(argv[1] if len(argv) > 1 else "", f"{lines[0]} {lines[-1]}" if "Traceback" in text else text)
@@ -275,11 +241,12 @@ def parse_flags(argv: list[str]) -> list[str]:
 def run(argv: list[str]) -> None:
     logging.set_verbosity(logging.WARNING)
     if len(argv) < 2 or argv[1] not in VERBS:
-        raise app.UsageError(f"usage: scoresde VERB [--flags]; VERB is one of {sorted(VERBS)}.")
+        verb = argv[1] if len(argv) > 1 else ""
+        _fail(verb, f"usage: scoresde VERB [--flags]; VERB is one of {sorted(VERBS)}.")
     try:
         inspect.signature(VERBS[argv[1]]).bind(*argv[2:])
     except TypeError:
-        raise app.UsageError(f"usage: scoresde {argv[1]} [--flags]; unexpected arguments {argv[2:]}.") from None
+        _fail(argv[1], f"usage: scoresde {argv[1]} [--flags]; unexpected arguments {argv[2:]}.")
     if FLAGS.distributed:
         parallel.initialize_distributed()
     try:

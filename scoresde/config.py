@@ -159,7 +159,7 @@ class SamplingConfig:
 
 @dataclasses.dataclass(frozen=True)
 class EvalConfig:
-    """The `eval` section: batch_size (bits/dim and sampling chunks), num_samples for sample metrics,
+    """The `eval` section: batch_size (test examples in the likelihood), num_samples for sample metrics,
     enable_sampling (sample metrics), enable_bpd (test-set bits/dim)."""
 
     batch_size: int

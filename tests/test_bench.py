@@ -13,9 +13,12 @@ import numpy as np
 import pytest
 
 import scoresde as sd
-from scoresde import metrics, toy
+from scoresde import config as config_lib
+from scoresde import evaluation, metrics, toy, train
 from scoresde.bench import accuracy, command, exact, grid, overhead, report
 from scoresde.samplers import PC, RK45, DPMSolverPP, Euler, Heun, UniPC
+
+import tiny_runs
 
 DISTRIBUTION_FIGURES = ("sliced_wasserstein", "mode_weights", "mode_means", "mode_covs")
 
@@ -152,7 +155,10 @@ def test_same_seed_reproduces_every_accuracy_figure():
         ("samplers", {"samplers": ["pc"], "nfes": ["1"]}, "PC makes at least 2 score evaluations; asked for"),
         ("samplers", {"nfes": ["10", "x"]}, "--nfes must be positive integers; got 10,x"),
         ("samplers", {"models": ["mlp"]}, r"bench samplers does not take \['--models'\]"),
-        ("samplers", {"workdir": "runs/digits"}, r"bench samplers does not take \['--workdir'\]"),
+        ("samplers", {"workdir": "/nonexistent/run"}, "/nonexistent/run holds no training run"),
+        ("samplers", {"workdir": "runs/x", "sdes": ["vpsde"]}, r"bench samplers does not take \['--sdes'\]"),
+        ("samplers", {"workdir": "runs/x", "num_samples": 10, "likelihood_samples": 20},
+         r"likelihood_samples must lie in \[0, num_samples=10\]"),
         ("overhead", {"models": ["unet"]}, r"unknown model\(s\) \['unet'\]; valid names"),
         ("leaderboard", {}, r"bench needs what to benchmark, one of \['overhead', 'samplers'\]"),
     ],
@@ -161,6 +167,41 @@ def test_bad_input_fails_before_any_work(what, overrides, match, tmp_path):
     with pytest.raises(ValueError, match=match):
         command.run(what, overrides, outdir=str(tmp_path), progress=False)
     assert not any(tmp_path.iterdir())
+
+
+@pytest.fixture(scope="module")
+def trained_workdir(tmp_path_factory):
+    """A 4-step run of the tiny MLP checkerboard config."""
+    workdir = tmp_path_factory.mktemp("trained")
+    config = tiny_runs.tiny_mlp(**{"training.snapshot_sampling": False})
+    train.run(train.build_experiment(config_lib.from_config_dict(config)), workdir, progress=False)
+    return workdir
+
+
+def test_trained_model_leaderboard(trained_workdir, tmp_path):
+    overrides = {"workdir": str(trained_workdir), "samplers": ["heun", "pc"], "nfes": ["8", "16", "64"],
+                 "num_samples": 64, "likelihood_samples": 16}
+    payload = command.run("samplers", overrides, quick=True, outdir=str(tmp_path), progress=False)
+    case = payload["cases"]["vpsde"]
+    # Floors: the held-out figures of `scoresde eval` (same key split), computed once.
+    experiment, _ = train.restore(trained_workdir)
+    k_score = jax.random.split(jax.random.PRNGKey(0), 4)[1]
+    eval_figures = evaluation.point_metrics(k_score, experiment.dataset.test, experiment.dataset.test)
+    assert case["floors"] == pytest.approx({"sliced_wasserstein": eval_figures["sliced_wasserstein_held_out"],
+                                            "mmd": eval_figures["mmd_held_out"]})
+    assert case["reference"]["figures"]["pathwise"] == 0.0 and case["model"]["test_nll_nats"] > 0
+    records = {(r["sampler"], r["nfe_target"]): r for r in payload["records"]}
+    assert [records["heun", n]["nfe"] for n in (8, 16, 64)] == [7, 15, 63]
+    # Heun converges to the tight RK45 solve of the same learnt ODE from the same x_T.
+    errors = [records["heun", n]["figures"]["pathwise"] for n in (8, 16, 64)]
+    assert errors[0] > errors[1] > errors[2] > 0, errors
+    for record in payload["records"]:
+        figures = record["figures"]
+        assert (figures["pathwise"] is None) == (record["sampler"] == "pc")
+        assert all(np.isfinite(figures[name]) for name in ("sliced_wasserstein", "mmd", "sample_nll_nats"))
+    markdown = (tmp_path / "results.md").read_text()
+    assert "Monte Carlo floors (64 real examples against the same held-out set)" in markdown
+    assert (tmp_path / "error_vs_nfe.png").stat().st_size > 0
 
 
 def synthetic_payload():

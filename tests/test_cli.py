@@ -118,13 +118,15 @@ BAD_TRAIN_INPUT = {
     "unknown optimizer": (["--config.optim.optimizer=sgd"], "unknown optimizer 'sgd'; valid names: ['Adam']"),
     "unknown sampler": (["--config.sampling.method=heun2"], "unknown sampler 'heun2'; valid names:"),
     "unknown config key": (["--config.traning.lr=1e-3"], "Did you mean \"training\" instead of \"traning\"?"),
+    "unknown config field": (["--config.training.nosuch=1"],
+                             "--config.training.nosuch: the config has no field 'nosuch'."),
     "unknown model option": (["--config=configs/toy/checkerboard.py:vesde", "--config.model.name=ncsnpp"],
                              "unknown option(s) ['depth', 'width'] for model 'ncsnpp'"),
     "config file argument": (["--config=configs/toy/checkerboard.py:vp"], "unknown SDE 'vp'"),
     "missing config file": (["--config=configs/toy/checkerbored.py"],
                             "config file 'configs/toy/checkerbored.py' does not exist"),
-    "config file without get_config": (["--config=tests/checks.py"],
-                                       "AttributeError: module 'config_config' has no attribute 'get_config'"),
+    "config file without get_config": (
+        ["--config=tests/checks.py"], "AttributeError: module 'config_config' has no attribute 'get_config'"),
     "n_jitted_steps": (["--config.training.n_iters=5"], "n_iters=5 must be a positive multiple"),
 }
 
@@ -184,6 +186,9 @@ def test_a_workdir_with_another_config_is_refused_untouched(trained, tmp_path, m
     (["eval"], "eval needs --workdir"),
     (["sample", "--workdir=/nonexistent/run"], "/nonexistent/run holds no training run"),
     (["sample", "--sampler=heun2", "--num_samples=4"], "unknown sampler 'heun2'"),
+    (["sample", "--sampler=rk45", "--num_steps=3"], "sampler 'rk45' chooses its own steps"),
+    (["trian"], "usage: scoresde VERB [--flags]; VERB is one of ['bench', 'eval', 'sample', 'train']"),
+    (["eval", "extra"], "usage: scoresde eval [--flags]; unexpected arguments ['extra']"),
 ])
 def test_bad_sample_and_eval_input(args, message, monkeypatch, capsys):
     code, out, err = scoresde(monkeypatch, capsys, *args)
@@ -238,5 +243,15 @@ def test_a_tiny_ncsnpp_trains_samples_and_evaluates_on_digits(tmp_path, monkeypa
     assert code == 0, err
     results = json.loads((workdir / "eval" / "step_2.json").read_text())
     assert results["classifier_test_accuracy"] > 0.8
-    for key in ("sample_confidence", "sample_class_entropy", "frechet_distance", "test_bits_per_dim"):
+    for key in ("sample_confidence", "sample_class_entropy", "frechet_distance", "frechet_distance_real",
+                "test_bits_per_dim"):
         assert np.isfinite(results[key]), key
+    bench = tmp_path / "bench"
+    code, out, err = scoresde(monkeypatch, capsys, "bench", "samplers", f"--workdir={workdir}", "--quick",
+                              "--samplers=ddim", "--nfes=2", "--num_samples=20", f"--outdir={bench}",
+                              "--noprogress")
+    assert code == 0, err
+    payload = json.loads((bench / "results.json").read_text())
+    assert payload["cases"]["vpsde"]["floors"]["frechet_distance"] > 0
+    (record,) = payload["records"]
+    assert record["nfe"] == 2 and record["figures"]["frechet_distance"] > 0

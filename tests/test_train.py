@@ -19,7 +19,7 @@ import pytest
 
 from scoresde import config as config_lib
 from scoresde import train
-from scoresde.cli import point_metrics
+from scoresde.evaluation import point_metrics
 
 import tiny_runs
 

@@ -8,7 +8,7 @@ from typing import Any, Callable, Mapping
 
 import jax
 
-from scoresde.bench import overhead, report
+from scoresde.bench import overhead, report, trained
 from scoresde.bench.exact import QUICK, ExactBench, bench_exact
 from scoresde.samplers.base import require
 
@@ -33,10 +33,16 @@ def _device() -> str:
 def samplers_command(
     overrides: Mapping[str, Any], *, quick: bool, outdir: str | None, progress: bool
 ) -> dict[str, Any]:
-    """Runs the exact-score leaderboard and writes results.json, results.md and two PNG plots into outdir."""
-    settings = settings_from(QUICK if quick else ExactBench(), overrides, "bench samplers")
-    results = bench_exact(settings, progress=progress)
-    payload = {"problem": settings.problem, "device": _device(), "settings": dataclasses.asdict(settings),
+    """Runs the exact-score leaderboard, or with a workdir the trained-model one, and writes results.json,
+    results.md and two PNG plots into outdir."""
+    if "workdir" in overrides:
+        base = trained.QUICK if quick else trained.TrainedBench()
+        settings = settings_from(base, overrides, "bench samplers")
+        results, problem = trained.bench_trained(settings, progress=progress), settings.workdir
+    else:
+        settings = settings_from(QUICK if quick else ExactBench(), overrides, "bench samplers")
+        results, problem = bench_exact(settings, progress=progress), settings.problem
+    payload = {"problem": problem, "device": _device(), "settings": dataclasses.asdict(settings),
                **results.to_json()}
     paths = report.write_report(pathlib.Path(outdir or "out/bench/samplers"), payload)
     print(report.markdown(payload))

@@ -18,15 +18,22 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 Payload = Mapping[str, Any]
 
-# Column titles of the figures an exact-score case reports, in table order; other figures keep their names.
+# Column titles of the figures exact-score and trained-model cases report, in table order; other figures keep
+# their names.
 FIGURE_TITLES = {
     "pathwise": "pathwise error",
     "sliced_wasserstein": "sliced W2",
+    "mmd": "MMD",
+    "frechet_distance": "Fréchet distance",
+    "sample_confidence": "confidence",
+    "sample_class_entropy": "class entropy",
+    "sample_bits_per_dim": "sample bits/dim",
+    "sample_nll_nats": "sample NLL (nats)",
     "mode_weights": "mode weights",
     "mode_means": "mode means",
     "mode_covs": "mode covs",
 }
-PLOTTED_FIGURES = ("pathwise", "sliced_wasserstein")
+PLOTTED_FIGURES = ("pathwise", "sliced_wasserstein", "frechet_distance")
 AXES = {"nfe": "score evaluations (NFE)", "run_s": "wall time per solve (s)"}
 
 
@@ -64,8 +71,10 @@ def _case_heading(label: str, summary: Mapping[str, Any]) -> list[str]:
             lines.append(f"Its own distribution errors (what a converged ODE sampler scores from this x_T): "
                          f"{_listing(distribution)}.")
     if summary.get("floors"):
-        lines.append(f"Monte Carlo floors ({summary['num_samples']} exact vs exact draws): "
-                     f"{_listing(summary['floors'])}.")
+        source = summary.get("floors_from", f"{summary['num_samples']} exact vs exact draws")
+        lines.append(f"Monte Carlo floors ({source}): {_listing(summary['floors'])}.")
+    if summary.get("model"):
+        lines.append(f"Model: {_listing(summary['model'])}.")
     return lines + [""]
 
 

@@ -1,0 +1,135 @@
+"""`scoresde bench samplers --workdir`: the sampler grid on a trained model's learnt score.
+
+Where the exact-score leaderboard isolates solver error, this one shows what a sampler delivers with a real
+network: every sampler x NFE starts from the same x_T and is scored by `scoresde.evaluation` against
+held-out data (2-D sets: sliced Wasserstein and MMD; digits: a classifier's confidence and Fréchet distance),
+each beside the value real data reaches, and by the pathwise distance to a tight RK45 solve of the learnt
+probability-flow ODE. Optionally, the model's own likelihood of the samples (bits/dim of images, nats of
+points) shows which samplers produce what the model considers typical.
+
+As on exact scores, samples are scored at t = eps without a final denoising step, so every score evaluation is
+the solver's.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import numpy as np
+
+from scoresde import evaluation, train
+from scoresde.bench.accuracy import endpoint_fn, pathwise_error, reference_sampler
+from scoresde.bench.exact import DEFAULT_SAMPLERS
+from scoresde.bench.grid import Case, GridResults, as_figure, check_nfes, run_grid, sampler_from_spec
+from scoresde.bench.timing import time_call
+from scoresde.samplers.base import require
+
+Array = jax.Array
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainedBench:
+    """Settings of `scoresde bench samplers --workdir`.
+
+    Attributes:
+      workdir: a training run; its newest checkpoint's EMA parameters give the score.
+      samplers: specs for `sampler_from_spec`, e.g. "unipc:order=3".
+      nfes: target score evaluations per solve.
+      num_samples: paths per sampler (at most half the held-out points are compared for 2-D sets).
+      likelihood_samples: how many of each sampler's samples the model's likelihood is computed for (0: none).
+      reference_tol: rtol = atol of the RK45 solve that pathwise distances are measured against. A float32
+        network is not smooth enough for the exact-score benchmark's 1e-8.
+      repeats: timed calls per cell after the compiling one.
+      seed: seeds x_T, the samplers, the classifier and the likelihood probes.
+    """
+
+    workdir: str = ""
+    samplers: tuple[str, ...] = DEFAULT_SAMPLERS
+    nfes: tuple[int, ...] = (5, 10, 20, 50, 100, 1000)
+    num_samples: int = 1000
+    likelihood_samples: int = 100
+    reference_tol: float = 1e-5
+    repeats: int = 3
+    seed: int = 0
+
+    def __post_init__(self):
+        require(bool(self.samplers), "need at least one sampler.")
+        check_nfes(self.nfes)
+        require(self.num_samples >= 2, f"num_samples must be >= 2; got {self.num_samples}.")
+        require(0 <= self.likelihood_samples <= self.num_samples,
+                f"likelihood_samples must lie in [0, num_samples={self.num_samples}]; "
+                f"got {self.likelihood_samples}.")
+        require(self.reference_tol > 0, f"reference_tol must be positive; got {self.reference_tol}.")
+
+
+# A small grid for `--quick`: under a minute on two CPU cores for the toy configs.
+QUICK = TrainedBench(samplers=("euler", "dpm_solver_pp", "pc"), nfes=(10, 50), num_samples=500,
+                     likelihood_samples=0, repeats=1)
+
+
+def sample_scorer(experiment: train.Experiment, key: Array, num_samples: int):
+    """(x in the model's range -> figures), the values real data reaches (the floors), facts on the scorer."""
+    dataset = experiment.dataset
+    require(len(dataset.test) > 0, "scoring samples needs held-out data, and this run has none "
+                                   "(data.test_fraction is 0).")
+    if not dataset.is_image:  # as `evaluation.point_metrics`, with the floor computed once
+        n = min(num_samples, len(dataset.test) // 2)
+        held_out, other = dataset.test[:n], dataset.test[n:2 * n]
+        k_model, k_floor = jax.random.split(key)
+        score = lambda x: evaluation.point_distances(k_model, np.asarray(x)[:n], held_out)
+        return score, evaluation.point_distances(k_floor, other, held_out), {"num_compared": n}
+    require(dataset.test_labels is not None,
+            f"dataset {dataset.name!r} has no labels, so no classifier can score its samples.")
+    scorer = evaluation.DigitsScorer.build(dataset)
+    score = lambda x: scorer(np.clip(np.asarray(dataset.unscale(x)), 0.0, 1.0))
+    return score, scorer.real(num_samples), {"classifier_test_accuracy": scorer.test_accuracy()}
+
+
+def trained_case(experiment: train.Experiment, params, settings: TrainedBench) -> Case:
+    """The run's SDE with its learnt score; figures as described in the module docstring."""
+    objective, dataset = experiment.objective, experiment.dataset
+    k_init, k_score, k_likelihood, k_test = jax.random.split(jax.random.PRNGKey(settings.seed), 4)
+    score_fn = objective.score_fn(params)
+    x_init = objective.sde.prior_sampling(k_init, (settings.num_samples,) + experiment.example_shape)
+    ref_sampler = reference_sampler(settings.reference_tol)
+    reference = endpoint_fn(objective.sde, score_fn, ref_sampler)
+    first, run_s = time_call(lambda: reference(k_init, x_init), settings.repeats)
+    x_ref, ref_nfe = reference(k_init, x_init)
+    score, floors, model = sample_scorer(experiment, k_score, settings.num_samples)
+    n_lik = settings.likelihood_samples
+    likelihood = evaluation.likelihood_fn(objective, dataset) if n_lik else None
+    if likelihood:
+        test = evaluation.test_examples(dataset, min(n_lik, len(dataset.test)), settings.seed)
+        model.update({f"test_{name}": value for name, value in likelihood(params, k_test, test).items()})
+
+    def evaluate(x: Array, deterministic: bool) -> dict:
+        figures = {"pathwise": pathwise_error(x, x_ref) if deterministic else None, **score(x)}
+        if likelihood:
+            sample_figures = likelihood(params, k_likelihood, x[:n_lik])
+            figures.update({f"sample_{name}": value for name, value in sample_figures.items()
+                            if name != "likelihood_nfe"})
+        return figures
+
+    summary = {
+        "num_samples": settings.num_samples,
+        "floors_from": f"{settings.num_samples} real examples against the same held-out set",
+        "reference": {"sampler": repr(ref_sampler), "nfe": int(ref_nfe), "compile_s": max(first - run_s, 0.0),
+                      "run_s": run_s},
+        "floors": {name: as_figure(value) for name, value in floors.items()},
+        "model": model,
+    }
+    summary["reference"]["figures"] = {name: as_figure(v) for name, v in evaluate(x_ref, True).items()}
+    return Case(sde=objective.sde, score_fn=score_fn, x_init=x_init, evaluate=evaluate, summary=summary)
+
+
+def bench_trained(settings: TrainedBench, *, progress: bool = True) -> GridResults:
+    """Runs the grid of `settings` on the newest checkpoint of `settings.workdir`."""
+    require(bool(settings.workdir), "bench samplers on a trained model needs --workdir.")
+    samplers = {spec: sampler_from_spec(spec) for spec in settings.samplers}
+    experiment, state = train.restore(settings.workdir)
+    label = experiment.config.training.sde
+    case = lambda: trained_case(experiment, state.ema_params, settings)
+    key = jax.random.fold_in(jax.random.PRNGKey(settings.seed), 1)
+    return run_grid({label: case}, samplers, settings.nfes, key=key, repeats=settings.repeats,
+                    progress=progress)
