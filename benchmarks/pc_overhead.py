@@ -1,8 +1,9 @@
 """PC sampling as one lax.scan inside jit versus the same steps driven from a Python loop.
 
-1000 predictor-corrector steps (reverse diffusion + Langevin) of 10,000 2-D points with the exact mixture score.
-The baseline jits the very same step function (`PC.step_fn`) and calls it once per grid step from Python, as a
-sampler without a compiled loop does. Compile time is reported apart; run times are medians of --repeats runs.
+1000 predictor-corrector steps (reverse diffusion + Langevin) of 10,000 2-D points with the exact mixture
+score. The baseline jits the very same step function (`PC.step_fn`) and calls it once per grid step from
+Python, as a sampler without a compiled loop does. Compile time is reported apart; run times are medians of
+--repeats runs.
 
     python benchmarks/pc_overhead.py [--num_points=10000] [--num_steps=1000] [--repeats=5]
 """

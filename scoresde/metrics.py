@@ -449,4 +449,3 @@ def digits_sample_quality(classifier: DigitsClassifier, samples: Array, referenc
         class_entropy=class_histogram_entropy(probs),
         frechet=frechet_distance(feats, ref_feats),
     )
-

@@ -21,7 +21,9 @@ def uniform(sde: SDE, num_steps: int, eps: float) -> Array:
 
 
 def quadratic(sde: SDE, num_steps: int, eps: float) -> Array:
-    """Uniform in sqrt(t - eps): denser near the data (the "quad" grid of DDIM, Song et al. 2021a, App. D.2)."""
+    """Uniform in sqrt(t - eps): denser near the data (the "quad" grid of DDIM, Song et al. 2021a,
+    App. D.2).
+    """
     u = jnp.linspace(1.0, 0.0, num_steps + 1)
     return eps + (sde.T - eps) * u**2
 

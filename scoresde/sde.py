@@ -9,8 +9,8 @@ together with f and g; everything else is derived from them once, here, for ever
   (the DDPM discretisation for VP, the SMLD one for VE, and the exact one for sub-VP);
 * the reverse-time SDE and the probability-flow ODE for a score function (Song et al. 2021, Eqs. 6 and 13);
 * Tweedie's denoiser E[x_0 | x_t] = (x_t + sigma^2 score) / alpha;
-* the log signal-to-noise ratio lambda(t) = log(alpha^2 / sigma^2) and its inverse t(lambda), in closed form, as
-  the exponential integrators (DDIM, DPM-Solver++, UniPC) need.
+* the log signal-to-noise ratio lambda(t) = log(alpha^2 / sigma^2) and its inverse t(lambda), in closed form,
+  as the exponential integrators (DDIM, DPM-Solver++, UniPC) need.
 
 Shapes: x is [B, ...] and t is [B]; per-example scalars such as alpha(t) are [B].
 """
@@ -219,7 +219,8 @@ class VESDE(SDE):
     def __post_init__(self):
         _require(
             0.0 < self.sigma_min < self.sigma_max,
-            f"need 0 < sigma_min < sigma_max; got sigma_min={self.sigma_min!r}, sigma_max={self.sigma_max!r}.",
+            "need 0 < sigma_min < sigma_max; "
+            f"got sigma_min={self.sigma_min!r}, sigma_max={self.sigma_max!r}.",
         )
 
     @property

@@ -1,9 +1,9 @@
 """Exact-score oracle and 2-D toy distributions.
 
 A Gaussian mixture stays a Gaussian mixture under every linear forward SDE: component k of p_t is
-N(alpha(t) mu_k, alpha(t)^2 Sigma_k + sigma(t)^2 I). Its log density and score are therefore closed-form at every
-t, which is what lets the tests and benchmarks measure sampler error, convergence order and likelihood error
-instead of eyeballing samples.
+N(alpha(t) mu_k, alpha(t)^2 Sigma_k + sigma(t)^2 I). Its log density and score are therefore closed-form at
+every t, which is what lets the tests and benchmarks measure sampler error, convergence order and likelihood
+error instead of eyeballing samples.
 
 Each covariance is diagonalised once, Sigma_k = U_k diag(l_k) U_k^T; the perturbed covariance shares U_k, with
 eigenvalues alpha^2 l_k + sigma^2, so evaluating p_t costs one projection per component and no factorisation.
@@ -90,7 +90,8 @@ class GaussianMixture:
     def _components(self, x: Array, alpha: Array, sigma: Array) -> tuple[Array, Array]:
         """Per-component log densities and whitened residuals under N(alpha mu_k, alpha^2 S_k + sigma^2 I).
 
-        x: [B, *event], alpha, sigma: [B] -> log N_k(x): [B, K] and U_k^T (x - alpha mu_k) / variances: [B, K, D].
+        x: [B, *event], alpha, sigma: [B] -> log N_k(x): [B, K] and U_k^T (x - alpha mu_k) / variances:
+        [B, K, D].
         Both projections are single [B, D] x [D, K D] products: one matmul serves all components.
         """
         num, (k, d) = x.shape[0], self.means.shape
@@ -170,8 +171,8 @@ def load_mixture(path: str | pathlib.Path) -> GaussianMixture:
     """A GaussianMixture from an .npz file with arrays weights [K], means [K, ...event], covs [K, D, D].
 
     Raises:
-      ValueError: if the file is missing, is not an .npz archive, lacks an array, or the arrays are not a valid
-        mixture (see `GaussianMixture.create`).
+      ValueError: if the file is missing, is not an .npz archive, lacks an array, or the arrays are not a
+        valid mixture (see `GaussianMixture.create`).
     """
     where = f"mixture file {str(path)!r}"
     expected = "a mixture .npz holds arrays weights [K], means [K, ...], covs [K, D, D]"
@@ -197,7 +198,8 @@ def build_problem(name: str) -> GaussianMixture:
     problems = {"mixture_2d": mixture_2d, "mixture_image": mixture_image}
     if name not in problems:
         raise ValueError(
-            f"unknown exact-score problem {name!r}; valid names: {sorted(problems)}, or a path to a mixture .npz."
+            f"unknown exact-score problem {name!r}; valid names: {sorted(problems)}, "
+            "or a path to a mixture .npz."
         )
     return problems[name]()
 
@@ -236,7 +238,10 @@ def _rings(key: Array, n: int) -> Array:
     k1, k2, k3 = jax.random.split(key, 3)
     radius = 0.75 * (1.0 + jax.random.randint(k1, (n,), 0, 4))
     u = 2.0 * jnp.pi * jax.random.uniform(k2, (n,))
-    return radius[:, None] * jnp.stack([jnp.cos(u), jnp.sin(u)], axis=1) + 0.08 * jax.random.normal(k3, (n, 2))
+    return (
+        radius[:, None] * jnp.stack([jnp.cos(u), jnp.sin(u)], axis=1)
+        + 0.08 * jax.random.normal(k3, (n, 2))
+    )
 
 
 def _eight_gaussians(key: Array, n: int) -> Array:

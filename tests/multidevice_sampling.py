@@ -22,8 +22,10 @@ N, DEVICES = 4000, 8
 
 def pmap_samples(mix, sde, sampler):
     per_device = (N // DEVICES,) + mix.event_shape
-    fn = jax.pmap(lambda key: sd.sample(key, sde, mix.score_fn(sde), per_device, sampler, axis_name="data")[0],
-                  axis_name="data")
+    fn = jax.pmap(
+        lambda key: sd.sample(key, sde, mix.score_fn(sde), per_device, sampler, axis_name="data")[0],
+        axis_name="data",
+    )
     keys = jax.random.split(jax.random.PRNGKey(0), DEVICES)
     return np.asarray(fn(keys)).reshape((N,) + mix.event_shape)
 
@@ -34,7 +36,9 @@ def sharded_samples(mix, sde, sampler):
     x_init = jax.device_put(sde.prior_sampling(jax.random.PRNGKey(1), (N,) + mix.event_shape), sharding)
     fn = jax.jit(lambda key, x0: sd.sample(key, sde, mix.score_fn(sde), x0.shape, sampler, x_init=x0)[0])
     x = fn(jax.random.PRNGKey(2), x_init)
-    assert x.sharding.is_equivalent_to(sharding, x.ndim), f"output sharding {x.sharding} is not the batch sharding"
+    assert x.sharding.is_equivalent_to(sharding, x.ndim), (
+        f"output sharding {x.sharding} is not the batch sharding"
+    )
     # Sharding changes where the work runs, not what it computes: a single-device run of the same
     # program agrees up to the order of the batch reductions in the Langevin step size.
     unsharded = fn(jax.random.PRNGKey(2), jax.device_put(x_init, jax.devices()[0]))

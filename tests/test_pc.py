@@ -42,13 +42,18 @@ def test_corrector_only_samples_the_mixture(sde_name, corrector):
     (2 (snr sigma)^2 for ALD, tiny where sigma(t) is below the data scale, as for sub-VP near t=0): at the
     default 1000 steps and snr 0.16 it lags and freezes early. It needs snr 0.3, 2000 levels and 4 rounds.
     """
-    sampler = sd.samplers.PC(predictor="none", corrector=corrector, num_steps=2000, n_corrector_steps=4, snr=0.3)
+    sampler = sd.samplers.PC(
+        predictor="none", corrector=corrector, num_steps=2000, n_corrector_steps=4, snr=0.3
+    )
     x, nfe = draw(MIX_2D, SDES[sde_name], sampler, N)
     assert int(nfe) == 8001
     assert_matches_mixture(MIX_2D, x, exact_draws(MIX_2D, N))
 
 
-@pytest.mark.parametrize("sde_name, predictor", [("vp", "reverse_diffusion"), ("subvp", "ancestral"), ("ve", "euler_maruyama")])
+@pytest.mark.parametrize(
+    "sde_name, predictor",
+    [("vp", "reverse_diffusion"), ("subvp", "ancestral"), ("ve", "euler_maruyama")],
+)
 def test_image_shaped_mixture(sde_name, predictor):
     mix = toy.mixture_image()
     sampler = sd.samplers.PC(predictor=predictor, corrector="langevin", num_steps=300)
@@ -62,7 +67,9 @@ def test_image_shaped_mixture(sde_name, predictor):
     "sde_name, predictor, corrector", list(itertools.product(SDES, PREDICTOR_NAMES, ["ald", "none"]))
 )
 def test_image_shaped_mixture_all_combinations(sde_name, predictor, corrector):
-    """600 steps: at 300 uniform steps the VP ancestral step still under-disperses the narrowest directions."""
+    """600 steps: at 300 uniform steps the VP ancestral step still under-disperses the narrowest
+    directions.
+    """
     mix = toy.mixture_image()
     sampler = sd.samplers.PC(predictor=predictor, corrector=corrector, num_steps=600)
     x, _ = draw(mix, SDES[sde_name], sampler, N // 2)
@@ -91,7 +98,9 @@ def test_x_init_is_honoured():
     sde = sd.VPSDE()
     x_init = jax.random.normal(jax.random.PRNGKey(3), (64, 2))
     noop = sd.samplers.PC(predictor="none", corrector="none", num_steps=3)
-    x, nfe = sd.sample(jax.random.PRNGKey(0), sde, MIX_2D.score_fn(sde), (64, 2), noop, x_init=x_init, denoise=False)
+    x, nfe = sd.sample(
+        jax.random.PRNGKey(0), sde, MIX_2D.score_fn(sde), (64, 2), noop, x_init=x_init, denoise=False
+    )
     np.testing.assert_array_equal(x, x_init)
     assert int(nfe) == 0
     fn = small_fn()

@@ -14,7 +14,9 @@ IDS = ["vp", "subvp", "ve"]
 
 
 def simulate_forward(sde, key, x0, num_steps):
-    """Euler-Maruyama of the forward SDE from t=0, started in the kernel at t=0: x(0) ~ N(alpha(0) x0, sigma(0)^2)."""
+    """Euler-Maruyama of the forward SDE from t=0, started in the kernel at t=0:
+    x(0) ~ N(alpha(0) x0, sigma(0)^2).
+    """
     k0, key = jax.random.split(key)
     t0 = jnp.zeros(x0.shape[:1])
     mean0, std0 = sde.marginal_prob(x0, t0)
@@ -41,8 +43,8 @@ def test_marginal_matches_monte_carlo(sde):
         x_t = np.asarray(path[round(t * num_steps) - 1], np.float64)
         mean, std = sde.marginal_prob(x0[:1], jnp.array([t]))
         mean, std = np.asarray(mean[0]), float(std[0])
-        # Tolerance: 5 standard errors of the Monte Carlo mean (std/sqrt(n)) and variance (var sqrt(2/n)), plus
-        # Euler-Maruyama's O(dt) bias, bounded by max_t |2 f(t)| dt relative (<= 1% here).
+        # Tolerance: 5 standard errors of the Monte Carlo mean (std/sqrt(n)) and variance (var sqrt(2/n)),
+        # plus Euler-Maruyama's O(dt) bias, bounded by max_t |2 f(t)| dt relative (<= 1% here).
         bias = 20.0 * sde.T / num_steps
         np.testing.assert_allclose(x_t.mean(0), mean, atol=5 * std / np.sqrt(n) + bias * np.abs(mean).max())
         np.testing.assert_allclose(x_t.var(0), std**2, rtol=5 * np.sqrt(2 / n) + bias)
@@ -71,7 +73,9 @@ def test_log_snr_inverse(sde):
 
 @pytest.mark.parametrize("sde", SDES, ids=IDS)
 def test_transition_composes_to_marginal(sde):
-    """Kernel 0->s then s->t equals kernel 0->t: alpha_t = alpha_{t|s} alpha_s, sigma_t^2 = alpha_{t|s}^2 sigma_s^2 + sigma_{t|s}^2."""
+    """Kernel 0->s then s->t equals kernel 0->t: alpha_t = alpha_{t|s} alpha_s,
+    sigma_t^2 = alpha_{t|s}^2 sigma_s^2 + sigma_{t|s}^2.
+    """
     s, t = jnp.array([0.2, 0.5]), jnp.array([0.3, 0.9])
     a_ts, s_ts = sde.transition(t, s)
     np.testing.assert_allclose(a_ts * sde.alpha(s), sde.alpha(t), rtol=1e-5)

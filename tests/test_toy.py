@@ -18,7 +18,8 @@ def scipy_marginal_logpdf(mix, sde, x, t):
     """log p_t(x) written out with scipy: sum_k w_k N(x; alpha mu_k, alpha^2 S_k + sigma^2 I)."""
     alpha, sigma = float(sde.alpha(jnp.array([t]))[0]), float(sde.sigma(jnp.array([t]))[0])
     flat = np.asarray(x, np.float64).reshape(len(x), -1)
-    covs, means, w = np.asarray(mix.covs, np.float64), np.asarray(mix.means, np.float64), np.asarray(mix.weights)
+    covs, means = np.asarray(mix.covs, np.float64), np.asarray(mix.means, np.float64)
+    w = np.asarray(mix.weights)
     dens = [
         wk * stats.multivariate_normal(alpha * m, alpha**2 * c + sigma**2 * np.eye(len(m))).pdf(flat)
         for wk, m, c in zip(w, means, covs)
@@ -106,8 +107,12 @@ def test_mixture_npz_round_trip(tmp_path):
     mix = toy.mixture_image()
     path = tmp_path / "mixture.npz"
     covs = np.asarray(mix.covs, np.float64)
-    np.savez(path, weights=np.asarray(mix.weights), means=np.asarray(mix.means).reshape((2,) + mix.event_shape),
-             covs=(covs + np.swapaxes(covs, 1, 2)) / 2)  # symmetric again after float32 round-off
+    np.savez(
+        path,
+        weights=np.asarray(mix.weights),
+        means=np.asarray(mix.means).reshape((2,) + mix.event_shape),
+        covs=(covs + np.swapaxes(covs, 1, 2)) / 2,  # symmetric again after float32 round-off
+    )
     loaded = toy.build_problem(str(path))
     assert loaded.event_shape == mix.event_shape
     x = mix.sample(jax.random.PRNGKey(0), 16)
@@ -122,9 +127,18 @@ def write_text(path, text):
     "write, match",
     [
         (lambda p: np.savez(p, weights=[1.0], means=[[0.0, 0.0]]), r"missing array\(s\) \['covs'\]"),
-        (lambda p: np.savez(p, weights=[1.0], means=[[0.0, 0.0]], covs=np.eye(3)[None]), "covs must be shaped"),
-        (lambda p: np.savez(p, weights=[1.0], means=[[0.0, 0.0]], covs=[[[1.0, 2.0], [2.0, 1.0]]]), "positive definite"),
-        (lambda p: np.savez(p, weights=np.array([{}], dtype=object), means=[[0.0]], covs=[[[1.0]]]), "Object arrays"),
+        (
+            lambda p: np.savez(p, weights=[1.0], means=[[0.0, 0.0]], covs=np.eye(3)[None]),
+            "covs must be shaped",
+        ),
+        (
+            lambda p: np.savez(p, weights=[1.0], means=[[0.0, 0.0]], covs=[[[1.0, 2.0], [2.0, 1.0]]]),
+            "positive definite",
+        ),
+        (
+            lambda p: np.savez(p, weights=np.array([{}], dtype=object), means=[[0.0]], covs=[[[1.0]]]),
+            "Object arrays",
+        ),
         (lambda p: write_text(p, "weights,means,covs"), "is not an .npz archive"),
         (lambda p: None, "does not exist"),
     ],

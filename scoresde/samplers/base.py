@@ -27,7 +27,9 @@ class Sampler(abc.ABC):
 
     def with_nfe(self, nfe: int) -> "Sampler":
         """This sampler set to make at most `nfe` score evaluations per solve (benchmarks at equal cost)."""
-        raise ValueError(f"{type(self).__name__} chooses its own steps; it cannot be set to {nfe} evaluations.")
+        raise ValueError(
+            f"{type(self).__name__} chooses its own steps; it cannot be set to {nfe} evaluations."
+        )
 
 
 def require(condition: bool, message: str) -> None:
@@ -46,7 +48,8 @@ class FixedStepSampler(Sampler):
     def __post_init__(self):
         require(
             isinstance(self.num_steps, int) and self.num_steps >= self.min_steps,
-            f"{type(self).__name__}: num_steps must be an integer >= {self.min_steps}; got {self.num_steps!r}.",
+            f"{type(self).__name__}: num_steps must be an integer >= {self.min_steps}; "
+            f"got {self.num_steps!r}.",
         )
         schedules.check_schedule(self.schedule)
 
@@ -65,7 +68,9 @@ class FixedStepSampler(Sampler):
           ValueError: if even `min_steps` steps cost more than `nfe` evaluations.
         """
         with_steps = lambda n: dataclasses.replace(self, num_steps=n)
-        fitting = [n for n in range(self.min_steps, max(nfe, self.min_steps) + 1) if with_steps(n).nfe() <= nfe]
+        fitting = [
+            n for n in range(self.min_steps, max(nfe, self.min_steps) + 1) if with_steps(n).nfe() <= nfe
+        ]
         require(
             bool(fitting),
             f"{type(self).__name__} makes at least {with_steps(self.min_steps).nfe()} score evaluations; "
@@ -81,7 +86,9 @@ StepFn = Callable[[Any, Array, Array, Array], Any]
 
 
 def scan_grid(step: StepFn, carry: Any, ts: Array) -> Any:
-    """Runs carry = step(carry, i, t_i, t_{i+1}) for i = 0 .. N-1 over the grid ts: [N + 1], in one lax.scan."""
+    """Runs carry = step(carry, i, t_i, t_{i+1}) for i = 0 .. N-1 over the grid ts: [N + 1], in one
+    lax.scan.
+    """
 
     def body(carry, inputs):
         i, t, s = inputs

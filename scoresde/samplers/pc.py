@@ -33,17 +33,21 @@ def euler_maruyama(key, sde: SDE, score_fn: ScoreFn, x: Array, t: Array, s: Arra
 
 
 def reverse_diffusion(key, sde: SDE, score_fn: ScoreFn, x: Array, t: Array, s: Array) -> Array:
-    """Reverse of the discretised forward step x_t = alpha_{t|s} x_s + sigma_{t|s} z (Song et al. 2021, Eq. 46)."""
+    """Reverse of the discretised forward step x_t = alpha_{t|s} x_s + sigma_{t|s} z (Song et al. 2021,
+    Eq. 46).
+    """
     alpha_ts, sigma_ts = (batch_broadcast(v, x) for v in sde.transition(t, s))
     noise = jax.random.normal(key, x.shape, x.dtype)
     return (2.0 - alpha_ts) * x + sigma_ts**2 * score_fn(x, t) + sigma_ts * noise
 
 
 def ancestral(key, sde: SDE, score_fn: ScoreFn, x: Array, t: Array, s: Array) -> Array:
-    """Ancestral sampling: draws x_s from q(x_s | x_t, x_0) with x_0 = E[x_0 | x_t] (Ho et al. 2020, Eqs. 6-7).
+    """Ancestral sampling: draws x_s from q(x_s | x_t, x_0) with x_0 = E[x_0 | x_t] (Ho et al. 2020,
+    Eqs. 6-7).
 
     The posterior of the exact kernels is Gaussian with mean
-    (alpha_{t|s} sigma_s^2 x_t + alpha_s sigma_{t|s}^2 x_0) / sigma_t^2 and variance sigma_{t|s}^2 sigma_s^2 / sigma_t^2.
+    (alpha_{t|s} sigma_s^2 x_t + alpha_s sigma_{t|s}^2 x_0) / sigma_t^2 and variance
+    sigma_{t|s}^2 sigma_s^2 / sigma_t^2.
     """
     alpha_ts, sigma_ts = (batch_broadcast(v, x) for v in sde.transition(t, s))
     sigma_t2, sigma_s2 = (batch_broadcast(sde.sigma(u) ** 2, x) for u in (t, s))
@@ -84,8 +88,8 @@ def _langevin_update(key, x: Array, grad: Array, step: Array) -> Array:
 def langevin(key, sde: SDE, score_fn: ScoreFn, x, t, s, snr: float, axis_name: Any) -> Array:
     """Langevin corrector with the signal-to-noise step rule (Song et al. 2021, Algorithms 4 and 5).
 
-    step = 2 alpha (snr ||z|| / ||score||)^2, both norms averaged over the batch (and devices), z the very noise
-    of this update; alpha is the one-step mean decay alpha_{t|s}^2 (1 - beta_i for VP, 1 for VE).
+    step = 2 alpha (snr ||z|| / ||score||)^2, both norms averaged over the batch (and devices), z the very
+    noise of this update; alpha is the one-step mean decay alpha_{t|s}^2 (1 - beta_i for VP, 1 for VE).
     """
     grad = score_fn(x, t)
     noise_norm = jnp.linalg.norm(jax.random.normal(key, x.shape, x.dtype).reshape(x.shape[0], -1), axis=-1)
