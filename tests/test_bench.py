@@ -135,6 +135,7 @@ def accuracy_figures(results):
             {name: case["floors"] for name, case in results.cases.items()})
 
 
+@pytest.mark.slow
 def test_same_seed_reproduces_every_accuracy_figure():
     first = exact.bench_exact(TINY, progress=False)
     assert accuracy_figures(first) == accuracy_figures(exact.bench_exact(TINY, progress=False))
@@ -178,6 +179,7 @@ def trained_workdir(tmp_path_factory):
     return workdir
 
 
+@pytest.mark.slow
 def test_trained_model_leaderboard(trained_workdir, tmp_path):
     overrides = {"workdir": str(trained_workdir), "samplers": ["heun", "pc"], "nfes": ["8", "16", "64"],
                  "num_samples": 64, "likelihood_samples": 16}

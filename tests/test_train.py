@@ -145,6 +145,7 @@ def test_unknown_optimizer_lists_valid_names():
         train.build_optimizer("adam", lr=1e-3)
 
 
+@pytest.mark.slow
 def test_sharded_training_on_two_devices_matches_one_device():
     env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2", PYTHONPATH=str(HERE),
                **tiny_runs.CACHE_ENV)
@@ -156,7 +157,8 @@ def test_sharded_training_on_two_devices_matches_one_device():
 @pytest.mark.slow
 def test_checkerboard_config_learns_to_within_twice_the_held_out_distance(tmp_path):
     """The toy checkerboard config, as the README runs it: sliced Wasserstein of 1000 samples to 1000 held-out
-    points within 2x of that between two held-out sets of 1000 (measured: 0.103 vs 0.081)."""
+    points within 2x of that between two held-out sets of 1000 (measured: 0.139 vs 0.081, as `scoresde eval`
+    reports on the main job's run)."""
     experiment = _experiment(tiny_runs.load("toy/checkerboard"))
     state = train.run(experiment, tmp_path, progress=False)
     x, _ = train.sampling_fn(experiment, 1000)(state.ema_params, jax.random.PRNGKey(0))
