@@ -9,7 +9,12 @@ import runpy
 _common = runpy.run_path(str(pathlib.Path(__file__).with_name("common.py")))
 
 
-def get_config(num_res_blocks: int = 4):
+def get_config():
+    return build(num_res_blocks=4)
+
+
+def build(num_res_blocks: int):
+    """The config with `num_res_blocks` residual blocks per resolution (the deep variant uses 8)."""
     config = _common["cifar10_config"]("vesde", "ncsnpp")
     config = _common["ncsnpp_options"](config, num_res_blocks=num_res_blocks)
     config.sampling.predictor = "reverse_diffusion"

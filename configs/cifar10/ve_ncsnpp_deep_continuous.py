@@ -10,6 +10,6 @@ _ve = runpy.run_path(str(pathlib.Path(__file__).with_name("ve_ncsnpp_continuous.
 
 
 def get_config():
-    config = _ve["get_config"](num_res_blocks=8)
+    config = _ve["build"](num_res_blocks=8)
     config.training.n_iters = 950_000
     return config

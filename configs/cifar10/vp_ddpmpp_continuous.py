@@ -9,7 +9,12 @@ import runpy
 _common = runpy.run_path(str(pathlib.Path(__file__).with_name("common.py")))
 
 
-def get_config(sde: str = "vpsde", num_res_blocks: int = 4):
+def get_config(sde: str = "vpsde"):
+    return build(sde, num_res_blocks=4)
+
+
+def build(sde: str, num_res_blocks: int):
+    """The config for `sde` with `num_res_blocks` residual blocks per resolution (the deep variants use 8)."""
     config = _common["cifar10_config"](sde, "ddpmpp")
     config = _common["ncsnpp_options"](config, num_res_blocks=num_res_blocks)
     config.training.reduce_mean = True

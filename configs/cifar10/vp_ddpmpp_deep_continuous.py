@@ -10,6 +10,6 @@ _vp = runpy.run_path(str(pathlib.Path(__file__).with_name("vp_ddpmpp_continuous.
 
 
 def get_config():
-    config = _vp["get_config"]("vpsde", num_res_blocks=8)
+    config = _vp["build"]("vpsde", num_res_blocks=8)
     config.training.n_iters = 950_000
     return config
