@@ -35,17 +35,26 @@ def point_distances(key: Array, x: np.ndarray, held_out: np.ndarray) -> Figures:
             "mmd": float(metrics.mmd(x, held_out))}
 
 
-def point_metrics(key: Array, samples: np.ndarray, test: np.ndarray) -> Figures:
-    """`point_distances` of n samples to n held-out points, and (`_held_out`) between two held-out halves.
+def point_scorer(
+    key: Array, test: np.ndarray, num_samples: int
+) -> tuple[Callable[[np.ndarray], Figures], Figures, int]:
+    """Scores up to num_samples points against n = min(num_samples, len(test) // 2) held-out points.
 
-    The second pair is the floor: what exact samples of the same size would score. n is at most half the test
-    set.
+    Returns (samples -> `point_distances` of their first n to the first n test points; the same distances for
+    the next n test points, the floor exact samples would reach; n). Build once, score any number of sets.
     """
-    n = min(len(samples), len(test) // 2)
+    n = min(num_samples, len(test) // 2)
+    held_out, other = test[:n], test[n:2 * n]
     k_model, k_floor = jax.random.split(key)
-    floors = point_distances(k_floor, test[n:2 * n], test[:n])
-    return {**point_distances(k_model, samples[:n], test[:n]),
-            **{f"{name}_held_out": value for name, value in floors.items()}, "num_samples": n}
+    score = lambda samples: point_distances(k_model, np.asarray(samples)[:n], held_out)
+    return score, point_distances(k_floor, other, held_out), n
+
+
+def point_metrics(key: Array, samples: np.ndarray, test: np.ndarray) -> Figures:
+    """`point_scorer`'s figures for samples, beside its floors (`_held_out`), and the n compared."""
+    score, floors, n = point_scorer(key, test, len(samples))
+    return {**score(samples), **{f"{name}_held_out": value for name, value in floors.items()},
+            "num_samples": n}
 
 
 @dataclasses.dataclass(frozen=True)

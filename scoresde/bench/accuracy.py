@@ -21,6 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from scoresde import metrics, samplers
+from scoresde.bench.timing import time_call
 from scoresde.sde import SDE, ScoreFn
 from scoresde.toy import GaussianMixture
 
@@ -42,6 +43,19 @@ def endpoint_fn(sde: SDE, score_fn: ScoreFn, sampler: samplers.Sampler) -> Endpo
 def reference_sampler(tol: float = REFERENCE_TOL) -> samplers.RK45:
     """The tight adaptive solve that pathwise errors are measured against."""
     return samplers.RK45(rtol=tol, atol=tol)
+
+
+def reference_solve(
+    sde: SDE, score_fn: ScoreFn, key: Array, x_init: Array, *, tol: float = REFERENCE_TOL, repeats: int = 1
+) -> tuple[Array, dict]:
+    """x_eps of the tight RK45 solve from x_init: [B, ...], and its report entry (sampler, NFE, compile and
+    median run time over `repeats` timed calls)."""
+    sampler = reference_sampler(tol)
+    reference = endpoint_fn(sde, score_fn, sampler)
+    first, run_s = time_call(lambda: reference(key, x_init), repeats)
+    x_ref, nfe = reference(key, x_init)
+    report = {"sampler": repr(sampler), "nfe": int(nfe), "compile_s": max(first - run_s, 0.0), "run_s": run_s}
+    return x_ref, report
 
 
 def pathwise_error(x: Array, x_ref: Array) -> float:

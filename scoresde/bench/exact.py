@@ -12,10 +12,9 @@ import jax
 
 from scoresde import sde as sde_lib
 from scoresde import toy
-from scoresde.bench.accuracy import (REFERENCE_TOL, distribution_errors, distribution_floors, endpoint_fn,
-                                     exact_draws, pathwise_error, reference_sampler)
+from scoresde.bench.accuracy import (REFERENCE_TOL, distribution_errors, distribution_floors, exact_draws,
+                                     pathwise_error, reference_solve)
 from scoresde.bench.grid import Case, GridResults, as_figure, check_nfes, run_grid, sampler_from_spec
-from scoresde.bench.timing import time_call
 from scoresde.samplers.base import require
 from scoresde.sde import SDE
 from scoresde.toy import GaussianMixture
@@ -52,15 +51,8 @@ def exact_case(
     k_exact, k_distance, k_floor = jax.random.split(key, 3)
     num_samples = x_init.shape[0]
     score_fn = mix.score_fn(sde)
-    ref_sampler = reference_sampler(reference_tol)
-    reference = endpoint_fn(sde, score_fn, ref_sampler)
-    first, run_s = time_call(lambda: reference(key, x_init), repeats)
-    x_ref, ref_nfe = reference(key, x_init)
-    summary = {
-        "num_samples": num_samples,
-        "reference": {"sampler": repr(ref_sampler), "nfe": int(ref_nfe), "compile_s": max(first - run_s, 0.0),
-                      "run_s": run_s},
-    }
+    x_ref, reference = reference_solve(sde, score_fn, key, x_init, tol=reference_tol, repeats=repeats)
+    summary = {"num_samples": num_samples, "reference": reference}
     target = mix.marginal(sde, sde.default_eps)
     if distribution:
         exact = exact_draws(target, k_exact, num_samples)

@@ -19,10 +19,9 @@ import jax
 import numpy as np
 
 from scoresde import evaluation, train
-from scoresde.bench.accuracy import endpoint_fn, pathwise_error, reference_sampler
+from scoresde.bench.accuracy import pathwise_error, reference_solve
 from scoresde.bench.exact import DEFAULT_SAMPLERS
 from scoresde.bench.grid import Case, GridResults, as_figure, check_nfes, run_grid, sampler_from_spec
-from scoresde.bench.timing import time_call
 from scoresde.samplers.base import require
 
 Array = jax.Array
@@ -75,13 +74,9 @@ def sample_scorer(experiment: train.Experiment, key: Array, num_samples: int):
     dataset = experiment.dataset
     require(len(dataset.test) > 0, "scoring samples needs held-out data, and this run has none "
                                    "(data.test_fraction is 0).")
-    if not dataset.is_image:  # as `evaluation.point_metrics`, with the floor computed once
-        n = min(num_samples, len(dataset.test) // 2)
-        held_out, other = dataset.test[:n], dataset.test[n:2 * n]
-        k_model, k_floor = jax.random.split(key)
-        score = lambda x: evaluation.point_distances(k_model, np.asarray(x)[:n], held_out)
-        floors_from = f"{n} other held-out points against the {n} the samples are compared with"
-        return score, evaluation.point_distances(k_floor, other, held_out), floors_from, {}
+    if not dataset.is_image:
+        score, floors, n = evaluation.point_scorer(key, dataset.test, num_samples)
+        return score, floors, f"{n} other held-out points against the {n} the samples are compared with", {}
     require(dataset.test_labels is not None,
             f"dataset {dataset.name!r} has no labels, so no classifier can score its samples.")
     scorer = evaluation.DigitsScorer.build(dataset)
@@ -96,10 +91,8 @@ def trained_case(experiment: train.Experiment, params, settings: TrainedBench) -
     k_init, k_score, k_likelihood, k_test = jax.random.split(jax.random.PRNGKey(settings.seed), 4)
     score_fn = objective.score_fn(params)
     x_init = objective.sde.prior_sampling(k_init, (settings.num_samples,) + experiment.example_shape)
-    ref_sampler = reference_sampler(settings.reference_tol)
-    reference = endpoint_fn(objective.sde, score_fn, ref_sampler)
-    first, run_s = time_call(lambda: reference(k_init, x_init), settings.repeats)
-    x_ref, ref_nfe = reference(k_init, x_init)
+    x_ref, reference = reference_solve(objective.sde, score_fn, k_init, x_init, tol=settings.reference_tol,
+                                       repeats=settings.repeats)
     score, floors, floors_from, model = sample_scorer(experiment, k_score, settings.num_samples)
     n_lik = settings.likelihood_samples
     likelihood = evaluation.likelihood_fn(objective, dataset) if n_lik else None
@@ -118,8 +111,7 @@ def trained_case(experiment: train.Experiment, params, settings: TrainedBench) -
     summary = {
         "num_samples": settings.num_samples,
         "floors_from": floors_from,
-        "reference": {"sampler": repr(ref_sampler), "nfe": int(ref_nfe), "compile_s": max(first - run_s, 0.0),
-                      "run_s": run_s},
+        "reference": reference,
         "floors": {name: as_figure(value) for name, value in floors.items()},
         "model": model,
     }
