@@ -26,11 +26,7 @@ from scoresde import data as data_lib
 from scoresde import losses, samplers
 from scoresde import sde as sde_lib
 from scoresde.models import build_model, parametrization
-
-
-def _require(condition: bool, message: str) -> None:
-    if not condition:
-        raise ValueError(message)
+from scoresde.samplers.base import require
 
 
 def _field_names(cls) -> list[str]:
@@ -45,9 +41,9 @@ def _section(cls, name: str, values: Mapping[str, Any], **extra: Any):
     required = [f.name for f in fields
                 if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]
     missing = [k for k in required if k not in values]
-    _require(not unknown, f"unknown config key(s) {[f'{name}.{k}' for k in unknown]}; valid keys of "
-                          f"{name}: {valid}.")
-    _require(not missing, f"config section {name} lacks key(s) {missing}.")
+    require(not unknown, f"unknown config key(s) {[f'{name}.{k}' for k in unknown]}; valid keys of "
+                         f"{name}: {valid}.")
+    require(not missing, f"config section {name} lacks key(s) {missing}.")
     return cls(**values, **extra)
 
 
@@ -92,29 +88,29 @@ class TrainingConfig:
     keep_checkpoints: int
 
     def __post_init__(self):
-        _require(self.batch_size >= 1, f"training.batch_size must be >= 1; got {self.batch_size}.")
-        _require(self.n_jitted_steps >= 1,
-                 f"training.n_jitted_steps must be >= 1; got {self.n_jitted_steps}.")
-        _require(self.keep_checkpoints >= 0,
-                 f"training.keep_checkpoints must be >= 0; got {self.keep_checkpoints}.")
+        require(self.batch_size >= 1, f"training.batch_size must be >= 1; got {self.batch_size}.")
+        require(self.n_jitted_steps >= 1,
+                f"training.n_jitted_steps must be >= 1; got {self.n_jitted_steps}.")
+        require(self.keep_checkpoints >= 0,
+                f"training.keep_checkpoints must be >= 0; got {self.keep_checkpoints}.")
         for key in ("n_iters", "log_freq", "eval_freq", "snapshot_freq", "snapshot_freq_for_preemption"):
             value = getattr(self, key)
-            _require(value >= 1 and value % self.n_jitted_steps == 0,
-                     f"training.{key}={value} must be a positive multiple of training.n_jitted_steps="
-                     f"{self.n_jitted_steps}, so that checkpoints and logs fall between dispatches.")
+            require(value >= 1 and value % self.n_jitted_steps == 0,
+                    f"training.{key}={value} must be a positive multiple of training.n_jitted_steps="
+                    f"{self.n_jitted_steps}, so that checkpoints and logs fall between dispatches.")
 
     @property
     def loss_name(self) -> str:
         """The `scoresde.losses` loss these reference flags select (the reference's `get_step_fn` logic)."""
         if not self.continuous:
-            _require(not self.likelihood_weighting,
-                     "training.likelihood_weighting needs training.continuous.")
-            _require(self.sde in _DISCRETE_LOSSES,
-                     f"training.continuous=False has a discrete loss only for {sorted(_DISCRETE_LOSSES)}; "
-                     f"got training.sde={self.sde!r}.")
+            require(not self.likelihood_weighting,
+                    "training.likelihood_weighting needs training.continuous.")
+            require(self.sde in _DISCRETE_LOSSES,
+                    f"training.continuous=False has a discrete loss only for {sorted(_DISCRETE_LOSSES)}; "
+                    f"got training.sde={self.sde!r}.")
             return _DISCRETE_LOSSES[self.sde]
-        _require(self.likelihood_weighting or not self.importance_weighting,
-                 "training.importance_weighting needs training.likelihood_weighting.")
+        require(self.likelihood_weighting or not self.importance_weighting,
+                "training.importance_weighting needs training.likelihood_weighting.")
         return _CONTINUOUS_LOSSES[self.likelihood_weighting, self.importance_weighting]
 
 
@@ -209,12 +205,12 @@ class ModelConfig:
     network: Mapping[str, Any]
 
     def __post_init__(self):
-        _require(0.0 <= self.ema_rate < 1.0, f"model.ema_rate must lie in [0, 1); got {self.ema_rate}.")
-        _require(self.num_scales >= 1, f"model.num_scales must be >= 1; got {self.num_scales}.")
+        require(0.0 <= self.ema_rate < 1.0, f"model.ema_rate must lie in [0, 1); got {self.ema_rate}.")
+        require(self.num_scales >= 1, f"model.num_scales must be >= 1; got {self.num_scales}.")
         # A network with scale_by_sigma divides its output by its noise label, which is sigma(t) only under
         # the "score" parametrization (the reference's VE models).
-        _require(not self.network.get("scale_by_sigma") or self.parametrization == "score",
-                 f"model.scale_by_sigma needs model.parametrization='score'; got {self.parametrization!r}.")
+        require(not self.network.get("scale_by_sigma") or self.parametrization == "score",
+                f"model.scale_by_sigma needs model.parametrization='score'; got {self.parametrization!r}.")
 
     def build_model(self):
         return build_model(self.name, **self.network)
@@ -266,8 +262,8 @@ def from_dict(values: Mapping[str, Any]) -> Config:
     values = dict(values)
     top = ["seed", "data", "model", *_SECTIONS]
     unknown, missing = sorted(set(values) - set(top)), [k for k in top if k not in values]
-    _require(not unknown, f"unknown config key(s) {unknown}; valid top-level keys: {top}.")
-    _require(not missing, f"config lacks key(s) {missing}.")
+    require(not unknown, f"unknown config key(s) {unknown}; valid top-level keys: {top}.")
+    require(not missing, f"config lacks key(s) {missing}.")
     seed = int(values["seed"])
     sections = {name: _section(cls, name, values[name]) for name, cls in _SECTIONS.items()}
     model_values = dict(values["model"])
