@@ -62,7 +62,8 @@ def compile_seconds(experiment: train.Experiment) -> float:
     t, mesh = experiment.config.training, parallel.data_mesh()
     state = experiment.init_state()
     batches = np.stack([experiment.dataset.train_batch(i, t.batch_size) for i in range(t.n_jitted_steps)])
-    steps = train.compile_train_steps(experiment.objective, experiment.optimizer, 0.999, mesh)
+    steps = train.compile_train_steps(experiment.objective, experiment.optimizer,
+                                      experiment.config.model.ema_rate, mesh)
     start = time.perf_counter()
     steps.lower(state, parallel.shard_batch(batches, mesh, batch_axis=1)).compile()
     return time.perf_counter() - start
