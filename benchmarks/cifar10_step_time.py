@@ -19,6 +19,7 @@ import time
 import jax
 
 from scoresde import config as config_lib
+from scoresde import experiment as experiment_lib
 from scoresde import parallel, train
 
 ROOT = pathlib.Path(__file__).parents[1]
@@ -33,7 +34,8 @@ def main() -> None:
 
     config = config_lib.from_config_dict(runpy.run_path(args.config)["get_config"]())
     t = config.training
-    objective, optimizer = train.build_objective(config, images=True), train.build_optimizer_of(config)
+    objective = experiment_lib.build_objective(config, images=True)
+    optimizer = experiment_lib.build_optimizer_of(config)
     mesh = parallel.data_mesh()
     parallel.check_batch_size(args.batch_size, mesh)
     shape = (t.n_jitted_steps, args.batch_size, 32, 32, 3)

@@ -30,6 +30,8 @@ import jax
 import numpy as np
 
 from scoresde import checkpoint, parallel, train
+from scoresde import experiment as experiment_lib
+from scoresde import workdir as workdir_lib
 from scoresde import config as config_lib
 
 ROOT = pathlib.Path(__file__).parents[1]
@@ -54,13 +56,13 @@ def experiment_for(path: str, n_jitted: int, overrides: dict) -> train.Experimen
     for key, value in {"n_jitted_steps": n_jitted, "eval_freq": 10**9, "snapshot_sampling": False,
                        **overrides}.items():
         config.training[key] = value
-    return train.build_experiment(config_lib.from_config_dict(config))
+    return experiment_lib.build_experiment(config_lib.from_config_dict(config))
 
 
 def compile_seconds(experiment: train.Experiment) -> float:
     """Seconds to compile the train function for one dispatch of n_jitted_steps steps."""
     t, mesh = experiment.config.training, parallel.data_mesh()
-    state = experiment.init_state()
+    state = train.initial_state(experiment)
     batches = np.stack([experiment.dataset.train_batch(i, t.batch_size) for i in range(t.n_jitted_steps)])
     steps = train.compile_train_steps(experiment.objective, experiment.optimizer,
                                       experiment.config.model.ema_rate, mesh)
@@ -73,7 +75,7 @@ def logged_rates(experiment: train.Experiment) -> list[float]:
     """The steps/s `train.run` logs every log_freq steps, after the first (which includes compilation)."""
     with tempfile.TemporaryDirectory() as workdir:
         train.run(experiment, workdir, progress=False)
-        lines = (pathlib.Path(workdir) / train.METRICS_FILE).read_text().splitlines()
+        lines = (pathlib.Path(workdir) / workdir_lib.METRICS_FILE).read_text().splitlines()
     return [json.loads(line)["steps_per_sec"] for line in lines if "steps_per_sec" in line][1:]
 
 
@@ -84,7 +86,7 @@ def seconds_per_step(rates: list[float]) -> float:
 
 def save_block_ms(experiment: train.Experiment, *, async_save: bool, repeats: int = 5) -> float:
     """Median milliseconds one `Checkpointer.save` call blocks the caller."""
-    state = experiment.init_state()
+    state = train.initial_state(experiment)
     times = []
     with tempfile.TemporaryDirectory() as workdir:
         checkpointer = checkpoint.Checkpointer(workdir, async_save=async_save)

@@ -16,6 +16,7 @@ from __future__ import annotations
 import pathlib
 from typing import Any, TypeVar
 
+import jax
 import orbax.checkpoint as ocp
 
 State = TypeVar("State")
@@ -52,8 +53,10 @@ class Checkpointer:
         steps = [s for s in (m.latest_step() for m in self._managers.values()) if s is not None]
         return max(steps, default=None)
 
-    def restore_latest(self, target: State) -> State | None:
+    def restore_latest(self, target: State, *, partial: bool = False) -> State | None:
         """The newest checkpoint, shaped and sharded like `target` (arrays or ShapeDtypeStructs), or None.
+
+        With `partial`, `target` is a dict holding some of the saved state's fields, and only those are read.
 
         Raises:
           ValueError: if the checkpoint does not fit `target` (e.g. the config's model changed).
@@ -64,6 +67,8 @@ class Checkpointer:
         name = SNAPSHOTS if self._managers[SNAPSHOTS].latest_step() == step else PREEMPTION
         manager = self._managers[name]
         try:
+            if partial:
+                return _restore_fields(manager.directory, step, target)
             return manager.restore(step, args=ocp.args.StandardRestore(target))
         except (ValueError, KeyError, TypeError) as error:
             raise ValueError(f"checkpoint {manager.directory / str(step)} does not fit this config's model "
@@ -78,3 +83,14 @@ class Checkpointer:
         """Waits for pending saves and releases the managers."""
         for manager in self._managers.values():
             manager.close()
+
+
+def _restore_fields(directory: pathlib.Path, step: int, target: dict) -> dict:
+    """The fields of a saved state that `target` names, read alone (orbax's partial PyTree restore)."""
+    restore_args = jax.tree_util.tree_map(lambda s: ocp.ArrayRestoreArgs(sharding=s.sharding), target)
+    manager = ocp.CheckpointManager(directory, item_handlers=ocp.PyTreeCheckpointHandler())
+    try:
+        args = ocp.args.PyTreeRestore(target, restore_args=restore_args, partial_restore=True)
+        return manager.restore(step, args=args)
+    finally:
+        manager.close()

@@ -39,6 +39,8 @@ from ml_collections import config_flags
 from scoresde import config as config_lib
 from scoresde.bench import command as bench_command
 from scoresde import evaluation, parallel, plots, samplers, sde as sde_lib, toy, train
+from scoresde import experiment as experiment_lib
+from scoresde import workdir as workdir_lib
 
 
 class _ConfigFileParser(flags.ArgumentParser):
@@ -116,13 +118,13 @@ def train_verb() -> None:
     """Trains --config into --workdir."""
     _require_flag("config", "train")
     _require_flag("workdir", "train")
-    experiment = train.build_experiment(config_lib.from_dict(FLAGS.config.to_dict()))
+    experiment = experiment_lib.build_experiment(config_lib.from_dict(FLAGS.config.to_dict()))
     state = train.run(experiment, FLAGS.workdir, resume=FLAGS.resume, overwrite=FLAGS.overwrite,
                       progress=FLAGS.progress)
     print(f"trained {int(state.step)} steps; run in {FLAGS.workdir}")
 
 
-def _workdir_sampler(experiment: train.Experiment) -> samplers.Sampler:
+def _workdir_sampler(experiment: experiment_lib.Experiment) -> samplers.Sampler:
     """--sampler / --num_steps, defaulting to the config's sampler with model.num_scales steps."""
     sampling = experiment.config.sampling
     method = _given("sampler", sampling.method)
@@ -133,16 +135,17 @@ def _workdir_sampler(experiment: train.Experiment) -> samplers.Sampler:
 def sample_workdir() -> None:
     """Samples the newest checkpoint of --workdir; writes samples_<step>_<sampler>.npz and .png."""
     workdir = pathlib.Path(FLAGS.workdir)
-    experiment, state = train.restore(workdir)
+    experiment, state = experiment_lib.restore(workdir)
     sampler = _workdir_sampler(experiment)
     num_samples = _given("num_samples", experiment.config.eval.num_samples)
-    draw = train.sampling_fn(experiment, num_samples, sampler)
+    draw = experiment_lib.sampling_fn(experiment, num_samples, sampler)
     x, nfe = draw(state.ema_params, jax.random.PRNGKey(FLAGS.seed))
-    out = pathlib.Path(_given("outdir", workdir / train.SAMPLES_DIR))
+    out = pathlib.Path(_given("outdir", workdir / workdir_lib.SAMPLES_DIR))
     out.mkdir(parents=True, exist_ok=True)
     stem = out / f"samples_{int(state.step)}_{_given('sampler', experiment.config.sampling.method)}"
     np.savez(f"{stem}.npz", x=x, nfe=nfe, step=int(state.step))
-    train.write_samples_png(pathlib.Path(f"{stem}.png"), experiment, x, f"step {int(state.step)}, {nfe} NFE")
+    title = f"step {int(state.step)}, {nfe} NFE"
+    experiment_lib.write_samples_png(pathlib.Path(f"{stem}.png"), experiment, x, title)
     print(f"wrote {stem}.npz and {stem}.png ({num_samples} samples, {nfe} score evaluations)")
 
 
@@ -174,14 +177,14 @@ def eval_verb() -> None:
     """Evaluates the newest checkpoint of --workdir; writes <workdir>/eval/step_<step>.json."""
     _require_flag("workdir", "eval")
     workdir = pathlib.Path(FLAGS.workdir)
-    experiment, state = train.restore(workdir)
+    experiment, state = experiment_lib.restore(workdir)
     config, dataset, key = experiment.config.eval, experiment.dataset, jax.random.PRNGKey(FLAGS.seed)
     if not len(dataset.test):
         raise ValueError("eval compares with held-out data, and this run has none: data.test_fraction is 0.")
     results = {"step": int(state.step)}
     if config.enable_sampling:
         num_samples = _given("num_samples", config.num_samples)
-        draw = train.sampling_fn(experiment, num_samples, _workdir_sampler(experiment))
+        draw = experiment_lib.sampling_fn(experiment, num_samples, _workdir_sampler(experiment))
         x, nfe = draw(state.ema_params, key)
         results["sampling_nfe"] = nfe
         if not dataset.is_image:
@@ -193,7 +196,7 @@ def eval_verb() -> None:
         figures = evaluation.likelihood_fn(experiment.objective, dataset)(state.ema_params, key, x)
         results["likelihood_nfe"] = figures.pop("likelihood_nfe")
         results.update({f"test_{name}": value for name, value in figures.items()})
-    out = workdir / "eval"
+    out = workdir / workdir_lib.EVAL_DIR
     out.mkdir(exist_ok=True)
     (out / f"step_{int(state.step)}.json").write_text(json.dumps(results, indent=2) + "\n")
     print(json.dumps(results))

@@ -105,7 +105,7 @@ def likelihood_fn(
     """(params, key, x in the model's range) -> mean NLL in nats per point or bits/dim of images; jitted once.
 
     Args:
-      objective: the run's `train.Objective` (its SDE and score parametrization).
+      objective: the run's `scoresde.objective.Objective` (its SDE and score parametrization).
       dataset: sets the unit (images: bits/dim over the data range) and the default divergence estimator
         (images: Rademacher, Hutchinson 1989; points: exact).
       divergence: overrides that estimator ("exact", "rademacher" or "gaussian").

@@ -4,15 +4,16 @@ import jax
 import numpy as np
 
 from scoresde import config as config_lib
+from scoresde import experiment as experiment_lib
 from scoresde import parallel, train
 
 import tiny_runs
 
 
-def two_steps(experiment: train.Experiment, devices: list) -> tuple[train.TrainState, jax.Array]:
+def two_steps(experiment: experiment_lib.Experiment, devices: list) -> tuple[train.TrainState, jax.Array]:
     mesh = parallel.data_mesh(devices)
     steps = train.compile_train_steps(experiment.objective, experiment.optimizer, 0.999, mesh)
-    state = jax.device_put(experiment.init_state(), parallel.replicated(mesh))
+    state = jax.device_put(train.initial_state(experiment), parallel.replicated(mesh))
     local = np.stack([experiment.dataset.train_batch(i, 32) for i in range(2)])
     batches = parallel.shard_batch(local, mesh, batch_axis=1)
     assert {shard.data.shape[1] for shard in batches.addressable_shards} == {32 // len(devices)}
@@ -21,7 +22,7 @@ def two_steps(experiment: train.Experiment, devices: list) -> tuple[train.TrainS
 
 def main() -> None:
     assert jax.device_count() == 2, jax.devices()
-    experiment = train.build_experiment(config_lib.from_config_dict(tiny_runs.tiny_mlp()))
+    experiment = experiment_lib.build_experiment(config_lib.from_config_dict(tiny_runs.tiny_mlp()))
     state_two, losses_two = two_steps(experiment, jax.devices())
     state_one, losses_one = two_steps(experiment, jax.devices()[:1])
     np.testing.assert_allclose(losses_two, losses_one, rtol=1e-5)

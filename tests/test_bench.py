@@ -14,7 +14,7 @@ import pytest
 
 import scoresde as sd
 from scoresde import config as config_lib
-from scoresde import evaluation, metrics, toy, train
+from scoresde import evaluation, experiment as experiment_lib, metrics, toy, train
 from scoresde.bench import accuracy, command, exact, grid, overhead, report
 from scoresde.samplers import PC, RK45, DPMSolverPP, Euler, Heun, UniPC
 
@@ -175,7 +175,7 @@ def trained_workdir(tmp_path_factory):
     """A 4-step run of the tiny MLP checkerboard config."""
     workdir = tmp_path_factory.mktemp("trained")
     config = tiny_runs.tiny_mlp(**{"training.snapshot_sampling": False})
-    train.run(train.build_experiment(config_lib.from_config_dict(config)), workdir, progress=False)
+    train.run(experiment_lib.build_experiment(config_lib.from_config_dict(config)), workdir, progress=False)
     return workdir
 
 
@@ -186,7 +186,7 @@ def test_trained_model_leaderboard(trained_workdir, tmp_path):
     payload = command.run("samplers", overrides, quick=True, outdir=str(tmp_path), progress=False)
     case = payload["cases"]["vpsde"]
     # Floors: the held-out figures of `scoresde eval` (same key split), computed once.
-    experiment, _ = train.restore(trained_workdir)
+    experiment, _ = experiment_lib.restore(trained_workdir)
     k_score = jax.random.split(jax.random.PRNGKey(0), 4)[1]
     eval_figures = evaluation.point_metrics(k_score, experiment.dataset.test, experiment.dataset.test)
     assert case["floors"] == pytest.approx({"sliced_wasserstein": eval_figures["sliced_wasserstein_held_out"],

@@ -18,7 +18,9 @@ import numpy as np
 import pytest
 
 from scoresde import config as config_lib
-from scoresde import train
+from scoresde import experiment as experiment_lib
+from scoresde import optim, train
+from scoresde import workdir as workdir_lib
 from scoresde.evaluation import point_metrics
 
 import tiny_runs
@@ -26,8 +28,8 @@ import tiny_runs
 HERE = pathlib.Path(__file__).parent
 
 
-def _experiment(config_dict) -> train.Experiment:
-    return train.build_experiment(config_lib.from_config_dict(config_dict))
+def _experiment(config_dict) -> experiment_lib.Experiment:
+    return experiment_lib.build_experiment(config_lib.from_config_dict(config_dict))
 
 
 def _leaves_equal(a, b) -> bool:
@@ -36,7 +38,7 @@ def _leaves_equal(a, b) -> bool:
 
 
 def _metrics(workdir) -> list[dict]:
-    return [json.loads(line) for line in (workdir / train.METRICS_FILE).read_text().splitlines()]
+    return [json.loads(line) for line in (workdir / workdir_lib.METRICS_FILE).read_text().splitlines()]
 
 
 @pytest.fixture(scope="module")
@@ -44,7 +46,8 @@ def mlp_run(tmp_path_factory):
     """A 4-step run of the tiny MLP config: (experiment, initial state, final state, workdir)."""
     workdir = tmp_path_factory.mktemp("mlp")
     experiment = _experiment(tiny_runs.tiny_mlp())
-    return experiment, experiment.init_state(), train.run(experiment, workdir, progress=False), workdir
+    initial = train.initial_state(experiment)
+    return experiment, initial, train.run(experiment, workdir, progress=False), workdir
 
 
 def _copy_of(workdir: pathlib.Path, tmp_path: pathlib.Path) -> pathlib.Path:
@@ -59,7 +62,7 @@ def _assert_trained(experiment, initial, state, workdir, n_iters, samples=True):
     assert losses and np.all(np.isfinite(losses))
     assert (workdir / "checkpoints" / str(n_iters)).is_dir()
     assert (workdir / "samples" / f"step_{n_iters}.png").is_file() == samples
-    assert json.loads((workdir / train.CONFIG_FILE).read_text()) == experiment.config.to_dict()
+    assert json.loads((workdir / workdir_lib.CONFIG_FILE).read_text()) == experiment.config.to_dict()
 
 
 def test_few_steps_of_the_mlp(mlp_run):
@@ -73,7 +76,7 @@ def test_one_step_of_the_mlp(tmp_path):
         "training.n_iters": 1, "training.n_jitted_steps": 1, "training.log_freq": 1, "training.eval_freq": 1,
         "training.snapshot_freq": 1, "training.snapshot_freq_for_preemption": 1}))
     state = train.run(experiment, tmp_path, progress=False)
-    _assert_trained(experiment, experiment.init_state(), state, tmp_path, n_iters=1)
+    _assert_trained(experiment, train.initial_state(experiment), state, tmp_path, n_iters=1)
 
 
 def test_resume_repeats_an_uninterrupted_run_bitwise(mlp_run, tmp_path):
@@ -94,32 +97,43 @@ def test_a_workdir_with_another_config_is_refused_and_left_alone(mlp_run, tmp_pa
     assert {p: p.stat().st_mtime_ns for p in workdir.rglob("*")} == before
 
 
+def test_restore_reads_the_step_and_ema_parameters_alone(mlp_run):
+    _, _, trained, workdir = mlp_run
+    _, state = experiment_lib.restore(workdir)
+    assert sorted(vars(state)) == ["ema_params", "step"]
+    assert int(state.step) == int(trained.step)
+    assert _leaves_equal(state.ema_params, trained.ema_params)
+
+
 def test_overwrite_starts_over(mlp_run, tmp_path):
     workdir = _copy_of(mlp_run[3], tmp_path)
+    (workdir / workdir_lib.EVAL_DIR).mkdir()
+    (workdir / workdir_lib.EVAL_DIR / "step_4.json").write_text("{}")
     config = tiny_runs.tiny_mlp(**{"training.n_iters": 2, "training.snapshot_freq": 2,
                                    "training.eval_freq": 2})
     state = train.run(_experiment(config), workdir, overwrite=True, progress=False)
     assert int(state.step) == 2
     assert sorted(p.name for p in (workdir / "checkpoints").iterdir()) == ["2"]
     assert max(m["step"] for m in _metrics(workdir)) == 2
+    assert not (workdir / workdir_lib.EVAL_DIR).exists()
 
 
 def test_resume_with_another_network_names_the_checkpoint(mlp_run, tmp_path):
     workdir = _copy_of(mlp_run[3], tmp_path)
-    config_before = (workdir / train.CONFIG_FILE).read_text()
+    config_before = (workdir / workdir_lib.CONFIG_FILE).read_text()
     wider = _experiment(tiny_runs.tiny_mlp(**{"model.width": 8, "training.n_iters": 6}))
     with pytest.raises(ValueError, match="does not fit this config's model"):
         train.run(wider, workdir, resume=True, progress=False)
-    assert (workdir / train.CONFIG_FILE).read_text() == config_before
+    assert (workdir / workdir_lib.CONFIG_FILE).read_text() == config_before
 
 
 def test_warmup_is_linear_from_the_first_step():
-    schedule = train.warmup_schedule(1.0, 4)
+    schedule = optim.warmup_schedule(1.0, 4)
     np.testing.assert_allclose([schedule(k) for k in range(6)], [0.25, 0.5, 0.75, 1.0, 1.0, 1.0])
 
 
 def test_optimizer_clips_the_global_norm_and_decays_weights():
-    optimizer = train.build_optimizer("Adam", lr=0.1, grad_clip=1.0, weight_decay=0.5)
+    optimizer = optim.build_optimizer("Adam", lr=0.1, grad_clip=1.0, weight_decay=0.5)
     params = {"w": jnp.array([2.0, 0.0])}
     grads = {"w": jnp.array([300.0, -400.0])}  # global norm 500, clipped to 1; Adam's first step is the sign
     updates, (_, adam, _, _) = optimizer.update(grads, optimizer.init(params), params)
@@ -130,7 +144,7 @@ def test_optimizer_clips_the_global_norm_and_decays_weights():
 
 def test_ema_is_a_moving_average_of_the_params(mlp_run):
     experiment = mlp_run[0]
-    state = experiment.init_state()
+    state = train.initial_state(experiment)
     batch = jnp.asarray(experiment.dataset.train_batch(0, 32))
     step = jax.jit(functools.partial(train.train_step, experiment.objective, experiment.optimizer, 0.9))
     new, loss = step(state, batch)
@@ -142,7 +156,7 @@ def test_ema_is_a_moving_average_of_the_params(mlp_run):
 
 def test_unknown_optimizer_lists_valid_names():
     with pytest.raises(ValueError, match=r"unknown optimizer 'adam'; valid names: \['Adam'\]"):
-        train.build_optimizer("adam", lr=1e-3)
+        optim.build_optimizer("adam", lr=1e-3)
 
 
 @pytest.mark.slow
@@ -161,6 +175,6 @@ def test_checkerboard_config_learns_to_within_twice_the_held_out_distance(tmp_pa
     reports on the main job's run)."""
     experiment = _experiment(tiny_runs.load("toy/checkerboard"))
     state = train.run(experiment, tmp_path, progress=False)
-    x, _ = train.sampling_fn(experiment, 1000)(state.ema_params, jax.random.PRNGKey(0))
+    x, _ = experiment_lib.sampling_fn(experiment, 1000)(state.ema_params, jax.random.PRNGKey(0))
     result = point_metrics(jax.random.PRNGKey(0), x, experiment.dataset.test)
     assert result["sliced_wasserstein"] < 2 * result["sliced_wasserstein_held_out"], result

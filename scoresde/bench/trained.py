@@ -18,7 +18,7 @@ import dataclasses
 import jax
 import numpy as np
 
-from scoresde import evaluation, train
+from scoresde import evaluation, experiment as experiment_lib
 from scoresde.bench.accuracy import pathwise_error, reference_solve
 from scoresde.bench.exact import DEFAULT_SAMPLERS
 from scoresde.bench.grid import Case, GridResults, as_figure, check_nfes, run_grid, sampler_from_spec
@@ -68,7 +68,7 @@ QUICK = TrainedBench(samplers=("euler", "dpm_solver_pp", "pc"), nfes=(10, 50), n
                      likelihood_samples=0, repeats=1)
 
 
-def sample_scorer(experiment: train.Experiment, key: Array, num_samples: int):
+def sample_scorer(experiment: experiment_lib.Experiment, key: Array, num_samples: int):
     """(x in the model's range -> figures), the values real data reaches (the floors), where those come from,
     and facts on the scorer."""
     dataset = experiment.dataset
@@ -85,7 +85,7 @@ def sample_scorer(experiment: train.Experiment, key: Array, num_samples: int):
     return score, scorer.real(num_samples), floors_from, {"classifier_test_accuracy": scorer.test_accuracy()}
 
 
-def trained_case(experiment: train.Experiment, params, settings: TrainedBench) -> Case:
+def trained_case(experiment: experiment_lib.Experiment, params, settings: TrainedBench) -> Case:
     """The run's SDE with its learnt score; figures as described in the module docstring."""
     objective, dataset = experiment.objective, experiment.dataset
     k_init, k_score, k_likelihood, k_test = jax.random.split(jax.random.PRNGKey(settings.seed), 4)
@@ -123,7 +123,7 @@ def bench_trained(settings: TrainedBench, *, progress: bool = True) -> GridResul
     """Runs the grid of `settings` on the newest checkpoint of `settings.workdir`."""
     require(bool(settings.workdir), "bench samplers on a trained model needs --workdir.")
     samplers = {spec: sampler_from_spec(spec) for spec in settings.samplers}
-    experiment, state = train.restore(settings.workdir)
+    experiment, state = experiment_lib.restore(settings.workdir)
     label = experiment.config.training.sde
     case = lambda: trained_case(experiment, state.ema_params, settings)
     key = jax.random.fold_in(jax.random.PRNGKey(settings.seed), 1)

@@ -1,0 +1,77 @@
+"""The files of a training run (config.json, metrics.jsonl, samples/, eval/) and when a workdir is reused.
+
+A workdir holds the config a run was started with (`config.json`), its metrics (`metrics.jsonl`, one JSON
+object per line), snapshot pictures (`samples/`), evaluation results (`eval/`) and its checkpoints
+(`checkpoints/`, `checkpoints-meta/`; see `scoresde.checkpoint`). A workdir with the same config is resumed;
+one with another config only on request (`check_workdir`).
+"""
+
+from __future__ import annotations
+
+import json
+import pathlib
+import shutil
+from typing import Any
+
+from scoresde import checkpoint
+from scoresde.config import Config, from_dict
+
+CONFIG_FILE = "config.json"
+METRICS_FILE = "metrics.jsonl"
+SAMPLES_DIR = "samples"
+EVAL_DIR = "eval"
+
+
+def _flatten(tree: dict, prefix: str = "") -> dict[str, Any]:
+    out = {}
+    for key, value in tree.items():
+        nested = isinstance(value, dict)
+        out.update(_flatten(value, f"{prefix}{key}.") if nested else {f"{prefix}{key}": value})
+    return out
+
+
+def config_differences(old: dict, new: dict) -> list[str]:
+    """'key: old -> new' for every flattened key whose value differs."""
+    old, new = _flatten(old), _flatten(new)
+    return [f"{k}: {old.get(k, '<absent>')} -> {new.get(k, '<absent>')}"
+            for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k)]
+
+
+def load_config(workdir: str | pathlib.Path) -> Config:
+    """The Config a training run in `workdir` was started with; ValueError if there is none."""
+    path = pathlib.Path(workdir) / CONFIG_FILE
+    if not path.is_file():
+        raise ValueError(f"{workdir} holds no training run ({CONFIG_FILE} is missing).")
+    return from_dict(json.loads(path.read_text()))
+
+
+def write_config(workdir: pathlib.Path, config: Config) -> None:
+    (workdir / CONFIG_FILE).write_text(json.dumps(config.to_dict(), indent=2) + "\n")
+
+
+def check_workdir(workdir: pathlib.Path, config: Config, *, resume: bool, overwrite: bool) -> bool:
+    """Decides what training may do with `workdir`, without changing it; returns whether to start over.
+
+    A workdir with the same config is resumed. One with another config is refused unless `resume` (continue
+    its checkpoints under the new config) or `overwrite` (delete its run and start over).
+    """
+    if resume and overwrite:
+        raise ValueError("--resume and --overwrite exclude each other.")
+    path = workdir / CONFIG_FILE
+    if not path.is_file():
+        if (workdir / checkpoint.SNAPSHOTS).exists() or (workdir / checkpoint.PREEMPTION).exists():
+            raise ValueError(f"{workdir} holds checkpoints but no {CONFIG_FILE}; refusing to touch them.")
+        return False
+    differences = config_differences(json.loads(path.read_text()), config.to_dict())
+    if differences and not (resume or overwrite):
+        raise ValueError(f"{workdir} holds a run with a different config ({'; '.join(differences)}); pass "
+                         f"--resume to continue it with this config, or --overwrite to start over.")
+    return overwrite
+
+
+def clear_run(workdir: pathlib.Path) -> None:
+    """Deletes what a run wrote into workdir (checkpoints, metrics, samples, eval, config), nothing else."""
+    for name in (checkpoint.SNAPSHOTS, checkpoint.PREEMPTION, SAMPLES_DIR, EVAL_DIR):
+        shutil.rmtree(workdir / name, ignore_errors=True)
+    for name in (METRICS_FILE, CONFIG_FILE):
+        (workdir / name).unlink(missing_ok=True)
