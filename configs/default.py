@@ -3,9 +3,10 @@
 Sections and field names are the reference implementation's (yang-song/score_sde, configs/), with its defaults
 for CIFAR-10 where it has the field; `scoresde.config` documents each field and converts this ConfigDict into
 typed dataclasses. Fields not in the reference: training.importance_weighting, training.eps,
-training.keep_checkpoints, model.parametrization, data.path / npz_key / label_key / test_fraction /
-num_train / num_test. The `model` section's keys other than name, ema_rate, parametrization, sigma_*, beta_*
-and num_scales are options of the network `model.name` (here the MLP's).
+training.keep_checkpoints, training.cond_dropout, model.parametrization, model.num_classes, data.path /
+npz_key / label_key / test_fraction / num_train / num_test. The `model` section's keys other than name,
+ema_rate, parametrization, sigma_*, beta_*, num_scales and num_classes are options of the network
+`model.name` (here the MLP's).
 """
 
 import ml_collections
@@ -32,6 +33,7 @@ def get_config() -> ml_collections.ConfigDict:
     training.snapshot_freq_for_preemption = 10_000
     training.snapshot_sampling = True
     training.keep_checkpoints = 0
+    training.cond_dropout = 0.0  # with model.num_classes > 0: the share of labels dropped to the null class
 
     config.sampling = sampling = ml_collections.ConfigDict()
     sampling.method = "pc"
@@ -69,6 +71,7 @@ def get_config() -> ml_collections.ConfigDict:
     model.beta_min = 0.1
     model.beta_max = 20.0
     model.num_scales = 1000
+    model.num_classes = 0  # 0: unconditional; K: class-conditional on the data's labels 0 .. K - 1
     model.width = 256
     model.depth = 3
     model.embedding_type = "positional"

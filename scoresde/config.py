@@ -5,9 +5,14 @@ experiment is ported by copying values: `training.sde`, `training.continuous`, `
 The conversion rejects unknown keys (listing the valid ones) and missing keys; everything below the CLI
 receives these frozen dataclasses or plain arguments built from them, never a ConfigDict.
 
-The `model` section holds the SDE's parameters, the EMA rate and the parametrization (the fields of
-`ModelConfig`); every other key in it is an option of the network named by `model.name`, passed unchanged to
-`scoresde.models.build_model`, which rejects options the network does not have.
+The `model` section holds the SDE's parameters, the EMA rate, the parametrization and the number of classes
+(the fields of `ModelConfig`); every other key in it is an option of the network named by `model.name`, passed
+unchanged to `scoresde.models.build_model`, which rejects options the network does not have.
+
+Keys added later: a key added after runs were first written is listed in `ADDED_KEYS` with the value that
+reproduces the behaviour from before it, and a config (a config file, or an older run's config.json) that
+lacks it gets that value; every other key must be present. So an older unconditional workdir still loads and
+resumes, and its config compares equal to today's config of the same run (`with_added_keys`).
 
 Example:
     >>> config = from_dict(runpy.run_path("configs/toy/checkerboard.py")["get_config"]().to_dict())
@@ -69,6 +74,9 @@ class TrainingConfig:
       snapshot_freq_for_preemption: steps between preemption checkpoints (only the latest one is kept).
       snapshot_sampling: write a PNG of samples from the EMA parameters at every snapshot.
       keep_checkpoints: snapshot checkpoints kept; 0 keeps all, as the reference does.
+      cond_dropout: probability in [0, 1] that a class label is replaced by the null class during training
+        (classifier-free guidance, Ho & Salimans 2022); 0 trains the conditional score only. Needs
+        model.num_classes > 0 when positive.
     """
 
     sde: str
@@ -86,9 +94,12 @@ class TrainingConfig:
     snapshot_freq_for_preemption: int
     snapshot_sampling: bool
     keep_checkpoints: int
+    cond_dropout: float
 
     def __post_init__(self):
         require(self.batch_size >= 1, f"training.batch_size must be >= 1; got {self.batch_size}.")
+        require(0.0 <= self.cond_dropout <= 1.0,
+                f"training.cond_dropout must lie in [0, 1]; got {self.cond_dropout}.")
         require(self.n_jitted_steps >= 1,
                 f"training.n_jitted_steps must be >= 1; got {self.n_jitted_steps}.")
         require(self.keep_checkpoints >= 0,
@@ -191,6 +202,8 @@ class ModelConfig:
       sigma_min, sigma_max: VE SDE parameters.
       beta_min, beta_max: VP and sub-VP SDE parameters.
       num_scales: default sampler steps, and the number of noise levels of the discrete losses.
+      num_classes: 0 (unconditional), or the number of classes of a class-conditional network trained on
+        the data's labels 0 .. num_classes - 1 (index num_classes is its null class).
       network: every other key of the section: options of the network.
     """
 
@@ -202,18 +215,21 @@ class ModelConfig:
     beta_min: float
     beta_max: float
     num_scales: int
+    num_classes: int
     network: Mapping[str, Any]
 
     def __post_init__(self):
         require(0.0 <= self.ema_rate < 1.0, f"model.ema_rate must lie in [0, 1); got {self.ema_rate}.")
         require(self.num_scales >= 1, f"model.num_scales must be >= 1; got {self.num_scales}.")
+        require(isinstance(self.num_classes, int) and self.num_classes >= 0,
+                f"model.num_classes must be an int >= 0 (0: unconditional); got {self.num_classes!r}.")
         # A network with scale_by_sigma divides its output by its noise label, which is sigma(t) only under
         # the "score" parametrization (the reference's VE models).
         require(not self.network.get("scale_by_sigma") or self.parametrization == "score",
                 f"model.scale_by_sigma needs model.parametrization='score'; got {self.parametrization!r}.")
 
     def build_model(self):
-        return build_model(self.name, **self.network)
+        return build_model(self.name, num_classes=self.num_classes, **self.network)
 
     def build_parametrization(self) -> parametrization.Parametrization:
         return parametrization.build_parametrization(self.parametrization)
@@ -230,6 +246,11 @@ class Config:
     data: data_lib.DataConfig
     model: ModelConfig
     optim: OptimConfig
+
+    def __post_init__(self):
+        require(not self.training.cond_dropout or self.model.num_classes,
+                f"training.cond_dropout={self.training.cond_dropout} needs a class-conditional model "
+                "(model.num_classes > 0).")
 
     def build_sde(self) -> sde_lib.SDE:
         """`training.sde` with those of the model section's SDE parameters that it takes."""
@@ -252,14 +273,33 @@ class Config:
 
 _SECTIONS = {"training": TrainingConfig, "sampling": SamplingConfig, "eval": EvalConfig, "optim": OptimConfig}
 
+# (section, key): the value that keeps the behaviour from before the key existed (see the module docstring).
+ADDED_KEYS: dict[tuple[str, str], Any] = {
+    ("training", "cond_dropout"): 0.0,
+    ("model", "num_classes"): 0,
+}
+
+
+def with_added_keys(values: Mapping[str, Any]) -> dict[str, Any]:
+    """A config's nested dict with every key of `ADDED_KEYS` it lacks set to its value (sections it lacks
+    stay absent, for `from_dict` to name)."""
+    values = {name: dict(section) if isinstance(section, Mapping) else section
+              for name, section in values.items()}
+    for (name, key), value in ADDED_KEYS.items():
+        if isinstance(values.get(name), dict):
+            values[name].setdefault(key, value)
+    return values
+
 
 def from_dict(values: Mapping[str, Any]) -> Config:
     """Converts a config file's nested dict (`ConfigDict.to_dict()` or a workdir's config.json) into a Config.
 
+    Keys of `ADDED_KEYS` may be absent; they get the value listed there.
+
     Raises:
       ValueError: naming unknown or missing keys, or invalid values.
     """
-    values = dict(values)
+    values = with_added_keys(values)
     top = ["seed", "data", "model", *_SECTIONS]
     unknown, missing = sorted(set(values) - set(top)), [k for k in top if k not in values]
     require(not unknown, f"unknown config key(s) {unknown}; valid top-level keys: {top}.")

@@ -8,10 +8,14 @@ applied before scaling. 2-D points are [N, 2] and are used as given.
 
 Batches are pure functions of (seed, step): step k takes slice k mod (N // B) of a permutation drawn from
 (seed, epoch), so a run resumed at step k sees exactly the batches an uninterrupted run would have seen.
+A batch is a small pytree, `Batch`: the examples `x` and, for a dataset with labels (digits; `.npz` with a
+label array; an image folder with one sub-folder per class), their integer labels `cond`, the condition a
+class-conditional network is trained on.
 
 Example:
     >>> dataset = build_dataset(DataConfig(dataset="digits", image_size=16, centered=True))
-    >>> x = dataset.train_batch(step=0, batch_size=128)  # [128, 16, 16, 1] in [-1, 1]
+    >>> batch = dataset.batch(step=0, batch_size=128)  # x: [128, 16, 16, 1] in [-1, 1], cond: [128] labels
+    >>> x = dataset.train_batch(step=0, batch_size=128)  # batch.x alone
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ from typing import Callable, Iterator, TypeVar
 
 import jax
 import numpy as np
+from flax import struct
 from PIL import Image
 
 from scoresde import toy
@@ -46,7 +51,8 @@ class DataConfig:
     Attributes:
       dataset: a name accepted by `build_dataset`.
       image_size: digits: 8 or a multiple of 8 (nearest-neighbour upsampling keeps the 8-bit grid);
-        image_folder: centre-crop to a square and resize to this side, or None to require equal sizes;
+        image_folder (a folder of images, or of one sub-folder of images per class, labelled in sorted name
+        order): centre-crop to a square and resize to this side, or None to require equal sizes;
         npz: None, or the size the stored images must have.
       num_channels: 1 (grayscale) or 3 (RGB); grayscale sources are repeated to 3 channels.
       centered: scale images to [-1, 1] instead of [0, 1].
@@ -129,6 +135,14 @@ def check_batch_size(batch_size: int, device_count: int | None = None) -> int:
     return batch_size // count
 
 
+@struct.dataclass
+class Batch:
+    """What one step trains on: x: [B, ...] examples; cond: [B] int32 class labels, or None (no labels)."""
+
+    x: np.ndarray | jax.Array
+    cond: np.ndarray | jax.Array | None = None
+
+
 @dataclasses.dataclass(frozen=True, eq=False)
 class Dataset:
     """A finite train/test split held in host memory, batched deterministically.
@@ -189,10 +203,9 @@ class Dataset:
         permutation = np.random.default_rng((self.seed, _SHUFFLE_STREAM, epoch)).permutation(n)
         return permutation[k * batch_size : (k + 1) * batch_size]
 
-    def train_batch(
-        self, step: int, batch_size: int, *, process_index: int = 0, process_count: int = 1
-    ) -> np.ndarray:
-        """The training batch at `step`, dequantized (if set) and scaled: [batch_size / process_count, ...].
+    def batch(self, step: int, batch_size: int, *, process_index: int = 0, process_count: int = 1) -> Batch:
+        """The training batch at `step`: x dequantized (if set) and scaled, and its labels (if any), each
+        [batch_size / process_count, ...].
 
         Args:
           step: the training step; the batch is a pure function of (seed, step).
@@ -204,19 +217,35 @@ class Dataset:
         if not 0 <= process_index < process_count:
             raise ValueError(f"process_index {process_index} must lie in [0, {process_count}).")
         rows = slice(process_index * local, (process_index + 1) * local)
-        x = self.train[self.batch_indices(step, batch_size)]
-        return self._prepare(x, (self.seed, _TRAIN_NOISE_STREAM, step))[rows]
+        indices = self.batch_indices(step, batch_size)
+        x = self._prepare(self.train[indices], (self.seed, _TRAIN_NOISE_STREAM, step))[rows]
+        return Batch(x, None if self.train_labels is None else self.train_labels[indices][rows])
+
+    def train_batch(
+        self, step: int, batch_size: int, *, process_index: int = 0, process_count: int = 1
+    ) -> np.ndarray:
+        """The examples of `batch(step, batch_size, ...)` alone: [batch_size / process_count, ...]."""
+        return self.batch(step, batch_size, process_index=process_index, process_count=process_count).x
+
+    def test_batch(self, index: int, batch_size: int) -> Batch:
+        """Test batch `index`: at most batch_size examples from index * batch_size on, dequantized with fixed
+        noise (if set) and scaled, a pure function of (seed, index), with their labels."""
+        if batch_size < 1:
+            raise ValueError(f"batch size must be positive; got {batch_size}.")
+        rows = slice(index * batch_size, (index + 1) * batch_size)
+        x = self._prepare(self.test[rows], (self.seed, _TEST_NOISE_STREAM, index))
+        return Batch(x, None if self.test_labels is None else self.test_labels[rows])
 
     def test_batches(self, batch_size: int) -> Iterator[np.ndarray]:
-        """The test set in order, dequantized with fixed noise (if set) and scaled.
+        """The examples of the test set in order, as `test_batch` serves them.
 
         Yields:
-          [batch_size, ...] arrays (the last may be shorter), each a pure function of (seed, batch index).
+          [batch_size, ...] arrays (the last may be shorter).
         """
         if batch_size < 1:
             raise ValueError(f"batch size must be positive; got {batch_size}.")
-        for i, start in enumerate(range(0, len(self.test), batch_size)):
-            yield self._prepare(self.test[start : start + batch_size], (self.seed, _TEST_NOISE_STREAM, i))
+        for i in range(-(-len(self.test) // batch_size)):
+            yield self.test_batch(i, batch_size).x
 
     def _prepare(self, x: np.ndarray, noise_seed: tuple[int, ...]) -> np.ndarray:
         if self.uniform_dequantization:
@@ -292,17 +321,32 @@ def _existing_path(path: str | None, what: str) -> Path:
     return Path(path)
 
 
-def _list_images(folder: Path) -> list[Path]:
-    """The folder's .png/.jpg/.jpeg files in sorted order; ValueError naming the folder if there are none."""
+def _entries(folder: Path) -> list[Path]:
+    """The folder's entries in sorted order, hidden ones (".name") left out."""
     if not folder.is_dir():
         raise ValueError(f"image folder {folder} is not a directory.")
     try:
-        files = sorted(p for p in folder.iterdir() if p.suffix.lower() in _IMAGE_SUFFIXES and p.is_file())
+        return sorted(p for p in folder.iterdir() if not p.name.startswith("."))
     except OSError as error:
         raise ValueError(f"image folder {folder} cannot be read: {error}") from error
+
+
+def _list_images(folder: Path) -> list[Path]:
+    """The folder's .png/.jpg/.jpeg files in sorted order; ValueError naming the folder if there are none."""
+    files = [p for p in _entries(folder) if p.suffix.lower() in _IMAGE_SUFFIXES and p.is_file()]
     if not files:
         raise ValueError(f"image folder {folder} holds no {'/'.join(_IMAGE_SUFFIXES)} files.")
     return files
+
+
+def _class_folders(folder: Path) -> list[Path]:
+    """The sub-folders of `folder` in sorted order (class k is the k-th); [] for a folder of images."""
+    entries = _entries(folder)
+    classes = [p for p in entries if p.is_dir()]
+    if classes and any(p.suffix.lower() in _IMAGE_SUFFIXES for p in entries):
+        raise ValueError(f"image folder {folder} holds both images and sub-folders; put every image into a "
+                         "sub-folder per class, or use no sub-folders.")
+    return classes
 
 
 def _center_crop_resize(image: Image.Image, size: int) -> Image.Image:
@@ -326,15 +370,21 @@ def _read_image(path: Path, num_channels: int, image_size: int | None) -> np.nda
 
 
 def _load_image_folder(config: DataConfig) -> Dataset:
-    """A folder of PNG/JPEG images, in sorted file order, optionally centre-cropped and resized."""
-    files = _list_images(_existing_path(config.path, "image folder"))
+    """A folder of PNG/JPEG images, in sorted file order, optionally centre-cropped and resized; a folder of
+    sub-folders holds one class per sub-folder, labelled 0, 1, ... in sorted name order."""
+    folder = _existing_path(config.path, "image folder")
+    classes = _class_folders(folder)
+    per_class = [_list_images(c) for c in classes] if classes else [_list_images(folder)]
+    files = [p for group in per_class for p in group]
+    labels = np.concatenate([np.full(len(group), k, np.int32) for k, group in enumerate(per_class)])
     images = [_read_image(p, config.num_channels, config.image_size) for p in files]
     for path, image in zip(files, images):
         if image.shape != images[0].shape:
             first, other = f"{images[0].shape[1]}x{images[0].shape[0]}", f"{image.shape[1]}x{image.shape[0]}"
             raise ValueError(f"images differ in size: {files[0]} is {first} but {path} is {other}; "
                              "set image_size to resize them.")
-    return _split(config, np.stack(images).astype(np.float32) / 255.0, None, is_image=True)
+    x = np.stack(images).astype(np.float32) / 255.0
+    return _split(config, x, labels if classes else None, is_image=True)
 
 
 def _open_npz(path: Path) -> np.lib.npyio.NpzFile:

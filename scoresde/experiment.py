@@ -27,6 +27,7 @@ from scoresde.config import Config
 from scoresde.objective import Objective
 from scoresde.optim import build_optimizer
 from scoresde.samplers import Sampler, sample
+from scoresde.samplers.base import require
 
 Array = jax.Array
 
@@ -73,10 +74,25 @@ class SamplingState:
 
 
 def build_objective(config: Config, *, images: bool) -> Objective:
-    """The network, SDE, parametrization and loss a config names; `images`: the data are images."""
+    """The network, SDE, parametrization, loss and label dropout a config names; `images`: the data are
+    images."""
     return Objective(model=config.model.build_model(), sde=config.build_sde(),
                      parametrization=config.model.build_parametrization(), loss=config.build_loss(),
-                     center_input=images and not config.data.centered)
+                     center_input=images and not config.data.centered,
+                     cond_dropout=config.training.cond_dropout)
+
+
+def check_labels(dataset: data_lib.Dataset, num_classes: int) -> None:
+    """A class-conditional model (num_classes > 0) needs a dataset whose labels lie in [0, num_classes)."""
+    if not num_classes:
+        return
+    require(dataset.train_labels is not None,
+            f"model.num_classes={num_classes} needs a dataset with labels; {dataset.name!r} has none "
+            "(digits, an .npz with data.label_key, or an image folder with one sub-folder per class do).")
+    labels = np.concatenate([dataset.train_labels, dataset.test_labels])
+    require(labels.min() >= 0 and labels.max() < num_classes,
+            f"model.num_classes={num_classes}, but the data's labels lie in [{labels.min()}, "
+            f"{labels.max()}]; they must lie in [0, {num_classes}).")
 
 
 def build_optimizer_of(config: Config) -> optax.GradientTransformation:
@@ -89,6 +105,7 @@ def build_optimizer_of(config: Config) -> optax.GradientTransformation:
 def build_experiment(config: Config) -> Experiment:
     """The dataset, network, SDE, loss, optimizer and sampler a config names; ValueError on bad input."""
     dataset = data_lib.build_dataset(config.data)
+    check_labels(dataset, config.model.num_classes)
     sampler = config.sampling.build_sampler(config.sampling.method, config.model.num_scales)
     return Experiment(config, dataset, build_objective(config, images=dataset.is_image),
                       build_optimizer_of(config), sampler)
@@ -116,23 +133,38 @@ def restore(workdir: pathlib.Path | str) -> tuple[Experiment, SamplingState]:
     return experiment, SamplingState(**restored)
 
 
+def check_class_labels(num_classes: int, labels: np.ndarray) -> None:
+    """Labels to sample a run of a `num_classes`-class model at: ValueError unless it is class-conditional and
+    every label lies in [0, num_classes)."""
+    require(num_classes > 0, "class_label needs a class-conditional model; this run is unconditional "
+                             "(model.num_classes=0).")
+    bad = sorted(set(np.asarray(labels).ravel().tolist()) - set(range(num_classes)))
+    require(not bad, f"class_label {bad[0]} is outside the trained classes 0 .. {num_classes - 1}.")
+
+
 def sampling_fn(
     experiment: Experiment, num_samples: int, sampler: Sampler | None = None
-) -> Callable[[Any, Array], tuple[np.ndarray, int]]:
-    """(params, key) -> (num_samples samples in the data's stored range, NFE), compiled once.
+) -> Callable[..., tuple[np.ndarray, int]]:
+    """(params, key, cond=None) -> (num_samples samples in the data's stored range, NFE), compiled once.
 
-    Images come back in [0, 1], points as given; `sampler` defaults to the config's.
+    Images come back in [0, 1], points as given; `sampler` defaults to the config's. `cond`: the class
+    label(s) of a class-conditional run, one int or [num_samples]; None samples its unconditional score (its
+    null class).
     """
     sampler = experiment.sampler if sampler is None else sampler
     objective, shape = experiment.objective, (num_samples,) + experiment.example_shape
     denoise = experiment.config.sampling.noise_removal
 
     @jax.jit
-    def draw(params, key):
-        return sample(key, objective.sde, objective.score_fn(params), shape, sampler, denoise=denoise)
+    def draw(params, key, cond):
+        score_fn = objective.score_fn(params, cond=cond)
+        return sample(key, objective.sde, score_fn, shape, sampler, denoise=denoise)
 
-    def samples(params, key):
-        x, nfe = draw(params, key)
+    def samples(params, key, cond=None):
+        if cond is not None:
+            check_class_labels(objective.num_classes, cond)
+            cond = np.broadcast_to(np.asarray(cond, np.int32), (num_samples,))
+        x, nfe = draw(params, key, cond)
         return np.asarray(experiment.dataset.unscale(x)), int(nfe)
 
     return samples

@@ -1,4 +1,10 @@
-"""What a score network is trained for: its SDE, its parametrization and its loss, in one callable."""
+"""What a score network is trained for: its SDE, its parametrization and its loss, in one callable.
+
+A class-conditional network (`num_classes` > 0) is trained on the batch's labels, each replaced by the null
+class (index `num_classes`) with probability `cond_dropout`, so that one network learns both the conditional
+and the unconditional score that classifier-free guidance combines (Ho & Salimans 2022, Algorithm 1). This is
+the one place the labels are dropped; the losses see only a score function closed over the condition.
+"""
 
 from __future__ import annotations
 
@@ -9,11 +15,13 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from scoresde.data import Batch
 from scoresde.losses import Loss
 from scoresde.models.parametrization import Parametrization, network_fn
 from scoresde.sde import SDE, ScoreFn
 
 Array = jax.Array
+_COND_DROPOUT_STREAM = 2  # fold_in(key, 2): the losses' own split of the key stays what it was
 
 
 @dataclasses.dataclass(frozen=True)
@@ -21,11 +29,13 @@ class Objective:
     """A network, the SDE it reverses, how its output becomes a score, and the loss it is trained with.
 
     Attributes:
-      model: the Flax network.
+      model: the Flax network; its `num_classes` (0: unconditional) says whether it takes labels.
       sde: forward SDE.
       parametrization: turns network output into a score.
       loss: a `scoresde.losses.Loss`.
       center_input: feed the network 2 x - 1 (uncentred image data, as in the reference).
+      cond_dropout: probability in [0, 1] that a training label becomes the null class (classifier-free
+        guidance); 0 trains the conditional score only. Needs a class-conditional model when > 0.
     """
 
     model: nn.Module
@@ -33,15 +43,52 @@ class Objective:
     parametrization: Parametrization
     loss: Loss
     center_input: bool = False
+    cond_dropout: float = 0.0
 
-    def score_fn(self, params: Any, *, train: bool = False, rng: Array | None = None) -> ScoreFn:
-        """score_fn(x, t) of the network with `params` (dropout on when `train`, seeded by `rng`)."""
+    def __post_init__(self):
+        if not 0.0 <= self.cond_dropout <= 1.0:
+            raise ValueError(f"cond_dropout must lie in [0, 1]; got {self.cond_dropout}.")
+        if self.cond_dropout and not self.num_classes:
+            raise ValueError(f"cond_dropout={self.cond_dropout} needs a class-conditional model "
+                             "(num_classes > 0); this one is unconditional.")
+
+    @property
+    def num_classes(self) -> int:
+        """Classes of a class-conditional network; 0 for an unconditional one."""
+        return self.model.num_classes
+
+    def score_fn(self, params: Any, *, cond: Array | None = None, train: bool = False,
+                 rng: Array | None = None) -> ScoreFn:
+        """score_fn(x, t) of the network with `params`, closed over its condition.
+
+        Args:
+          params: network parameters.
+          cond: class labels, [B] or one for every example; None: the unconditional score (the null class of
+            a class-conditional network).
+          train: dropout on, seeded by `rng`.
+        """
         network = network_fn(self.model, {"params": params}, train=train, rng=rng,
-                             center_input=self.center_input)
+                             center_input=self.center_input, cond=cond)
         return self.parametrization.score_fn(self.sde, network)
 
-    def __call__(self, params: Any, key: Array, batch: Array, train: bool = True) -> Array:
-        """The mean loss over batch: [B, ...]."""
+    def condition(self, key: Array, cond: Array | None, *, drop: bool = True) -> Array | None:
+        """The labels a step conditions on: cond: [B], each the null class with probability `cond_dropout`
+        when `drop`; None for an unconditional model, which ignores labels."""
+        if not self.num_classes:
+            return None
+        if cond is None:
+            raise ValueError(f"a class-conditional model (num_classes={self.num_classes}) trains on "
+                             "labelled batches; this batch has no labels.")
+        if not (drop and self.cond_dropout):
+            return cond
+        dropped = jax.random.bernoulli(key, self.cond_dropout, cond.shape)
+        return jnp.where(dropped, self.num_classes, cond)
+
+    def __call__(self, params: Any, key: Array, batch: Batch | Array, train: bool = True) -> Array:
+        """The mean loss over a batch (x: [B, ...] with its labels, or x alone); labels drop only when
+        `train`."""
+        batch = batch if isinstance(batch, Batch) else Batch(batch)
         k_loss, k_dropout = jax.random.split(key)
-        score_fn = self.score_fn(params, train=train, rng=k_dropout if train else None)
-        return jnp.mean(self.loss(k_loss, self.sde, score_fn, batch))
+        cond = self.condition(jax.random.fold_in(key, _COND_DROPOUT_STREAM), batch.cond, drop=train)
+        score_fn = self.score_fn(params, cond=cond, train=train, rng=k_dropout if train else None)
+        return jnp.mean(self.loss(k_loss, self.sde, score_fn, batch.x))

@@ -11,6 +11,8 @@ Example:
 
 from __future__ import annotations
 
+from typing import Any
+
 import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
@@ -46,6 +48,10 @@ def check_batch_size(batch_size: int, mesh: Mesh) -> int:
     return batch_size // mesh.size
 
 
-def shard_batch(local: np.ndarray, mesh: Mesh, batch_axis: int = 0) -> jax.Array:
-    """The global batch as one sharded array, from this host's slice of it (the whole batch on one host)."""
-    return jax.make_array_from_process_local_data(batch_sharding(mesh, batch_axis), local)
+def shard_batch(local: Any, mesh: Mesh, batch_axis: int = 0) -> Any:
+    """The global batch as sharded arrays, from this host's slice of it (the whole batch on one host).
+
+    `local` is an array or a pytree of arrays (a `data.Batch`), each split along `batch_axis`.
+    """
+    sharding = batch_sharding(mesh, batch_axis)
+    return jax.tree_util.tree_map(lambda a: jax.make_array_from_process_local_data(sharding, a), local)

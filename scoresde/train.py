@@ -74,9 +74,10 @@ def train_step(
     optimizer: optax.GradientTransformation,
     ema_rate: float,
     state: TrainState,
-    batch: Array,
+    batch: data_lib.Batch | Array,
 ) -> tuple[TrainState, Array]:
-    """One optimizer step on batch: [B, ...] and the EMA update; returns (new state, loss)."""
+    """One optimizer step on a batch (x: [B, ...] and its labels, or x alone) and the EMA update; returns
+    (new state, loss)."""
     key = jax.random.fold_in(state.rng, state.step)
     loss, grads = jax.value_and_grad(objective)(state.params, key, batch)
     updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
@@ -87,8 +88,10 @@ def train_step(
 
 def compile_train_steps(
     objective: Objective, optimizer: optax.GradientTransformation, ema_rate: float, mesh: jax.sharding.Mesh
-) -> Callable[[TrainState, Array], tuple[TrainState, Array]]:
-    """(state, batches: [n, B, ...]) -> (state after n steps, losses: [n]), one lax.scan jitted over `mesh`.
+) -> Callable[[TrainState, Any], tuple[TrainState, Array]]:
+    """(state, batches) -> (state after n steps, losses: [n]), one lax.scan jitted over `mesh`.
+
+    `batches`: n stacked batches, a `data.Batch` of x: [n, B, ...] and cond: [n, B] (or None), or x alone.
 
     The batch axis is split over the mesh's devices; the state is replicated and donated. A single step runs
     outside any loop: XLA:CPU (jaxlib 0.10) computes convolution gradients inside a while loop some 35x slower
@@ -97,9 +100,9 @@ def compile_train_steps(
     step = functools.partial(train_step, objective, optimizer, ema_rate)
     replicated = parallel.replicated(mesh)
 
-    def steps(state: TrainState, batches: Array) -> tuple[TrainState, Array]:
-        if batches.shape[0] == 1:
-            state, loss = step(state, batches[0])
+    def steps(state: TrainState, batches: Any) -> tuple[TrainState, Array]:
+        if jax.tree_util.tree_leaves(batches)[0].shape[0] == 1:
+            state, loss = step(state, jax.tree_util.tree_map(lambda b: b[0], batches))
             return state, loss[None]
         return lax.scan(step, state, batches)
 
@@ -146,10 +149,12 @@ class _Log:
         self._file.close()
 
 
-def _batches(dataset: data_lib.Dataset, first_step: int, n: int, batch_size: int) -> np.ndarray:
-    """This host's slices of the batches of steps first_step .. first_step + n - 1: [n, B / hosts, ...]."""
-    return np.stack([dataset.train_batch(first_step + i, batch_size, process_index=jax.process_index(),
-                                         process_count=jax.process_count()) for i in range(n)])
+def _batches(dataset: data_lib.Dataset, first_step: int, n: int, batch_size: int) -> data_lib.Batch:
+    """This host's slices of the batches of steps first_step .. first_step + n - 1, stacked: x: [n, B / hosts,
+    ...], cond: [n, B / hosts] or None."""
+    batches = [dataset.batch(first_step + i, batch_size, process_index=jax.process_index(),
+                             process_count=jax.process_count()) for i in range(n)]
+    return jax.tree_util.tree_map(lambda *leaves: np.stack(leaves), *batches)
 
 
 def run(
@@ -201,7 +206,7 @@ def run(
                 log.training(step, float(jnp.mean(jnp.concatenate(losses))), t.batch_size)
                 losses = []
             if step % t.eval_freq == 0 and len(experiment.dataset.test):
-                test = next(experiment.dataset.test_batches(t.batch_size))
+                test = experiment.dataset.test_batch(0, t.batch_size)
                 log.write(step, eval_loss=float(eval_loss(state.ema_params, jax.random.PRNGKey(step), test)))
             _checkpoint(experiment, workdir, checkpoints, state, step, snapshot_samples)
     finally:

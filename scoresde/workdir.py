@@ -14,7 +14,7 @@ import shutil
 from typing import Any
 
 from scoresde import checkpoint
-from scoresde.config import Config, from_dict
+from scoresde.config import Config, from_dict, with_added_keys
 
 CONFIG_FILE = "config.json"
 METRICS_FILE = "metrics.jsonl"
@@ -53,7 +53,8 @@ def check_workdir(workdir: pathlib.Path, config: Config, *, resume: bool, overwr
     """Decides what training may do with `workdir`, without changing it; returns whether to start over.
 
     A workdir with the same config is resumed. One with another config is refused unless `resume` (continue
-    its checkpoints under the new config) or `overwrite` (delete its run and start over).
+    its checkpoints under the new config) or `overwrite` (delete its run and start over). Keys its
+    config.json lacks because they were added later compare as their `config.ADDED_KEYS` values.
     """
     if resume and overwrite:
         raise ValueError("--resume and --overwrite exclude each other.")
@@ -62,7 +63,7 @@ def check_workdir(workdir: pathlib.Path, config: Config, *, resume: bool, overwr
         if (workdir / checkpoint.SNAPSHOTS).exists() or (workdir / checkpoint.PREEMPTION).exists():
             raise ValueError(f"{workdir} holds checkpoints but no {CONFIG_FILE}; refusing to touch them.")
         return False
-    differences = config_differences(json.loads(path.read_text()), config.to_dict())
+    differences = config_differences(with_added_keys(json.loads(path.read_text())), config.to_dict())
     if differences and not (resume or overwrite):
         raise ValueError(f"{workdir} holds a run with a different config ({'; '.join(differences)}); pass "
                          f"--resume to continue it with this config, or --overwrite to start over.")

@@ -17,7 +17,9 @@ class DDPM(NCSNpp):
     architecture, and changing them turns the network into an NCSN++ variant. GroupNorm uses
     min(C // 4, 32) groups, which is DDPM's 32 for every layer once nf >= 128.
 
-    Call: x: [B, H, W, C] as given, noise_label: [B] -> [B, H, W, C].
+    Class-conditional with `num_classes` > 0, as NCSN++ (the class embedding added to the timestep embedding).
+
+    Call: x: [B, H, W, C] as given, noise_label: [B], cond: [B] int labels or None -> [B, H, W, C].
     """
 
     nf: int = 128

@@ -59,6 +59,13 @@ def check_positive_ints(owner: str, field: str, values: Sequence[Any], allow_emp
                          f"it must be {need} tuple of positive ints")
 
 
+def check_num_classes(owner: str, num_classes: Any) -> None:
+    """Raises ValueError unless `num_classes` is an int >= 0 (0: an unconditional network)."""
+    if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 0:
+        raise ValueError(f"{owner}.num_classes={num_classes!r} is not allowed; it must be an int >= 0 "
+                         "(0: unconditional)")
+
+
 def check_images(owner: str, x: jax.Array, noise_label: jax.Array, num_downsamplings: int) -> None:
     """Checks x: [B, H, W, C] with H and W divisible by 2**num_downsamplings, and noise_label: [B]."""
     factor = 2**num_downsamplings
@@ -172,6 +179,37 @@ class NoiseEmbedding(nn.Module):
             emb = sinusoidal_embedding(noise_label, self.embedding_dim)
         emb = nn.Dense(self.features, kernel_init=default_init())(emb)
         return nn.Dense(self.features, kernel_init=default_init())(act(emb))
+
+
+class ClassEmbedding(nn.Module):
+    """A learned vector per class, plus one for the "null" class (index `num_classes`): the unconditional
+    score that classifier-free guidance needs (Ho & Salimans 2022, Sec. 3.2, one network for both).
+
+    cond: [B] int labels in [0, num_classes], or None for the null class of every example (`batch` examples)
+    -> [B, features], added to the noise embedding as in the class-conditional U-Nets of Dhariwal & Nichol
+    2021 (App. A).
+    """
+
+    num_classes: int
+    features: int
+
+    @nn.compact
+    def __call__(self, cond: Optional[jax.Array], batch: int) -> jax.Array:
+        if cond is None:
+            cond = jnp.full((batch,), self.num_classes, jnp.int32)
+        if cond.shape != (batch,):
+            raise ValueError(f"ClassEmbedding: cond shape {cond.shape} must be [B] = {(batch,)}")
+        return nn.Embed(self.num_classes + 1, self.features)(cond)
+
+
+def embed_condition(owner: str, num_classes: int, temb: jax.Array, cond: Optional[jax.Array]) -> jax.Array:
+    """temb + the class embedding of `cond` for a class-conditional network (`num_classes` > 0); an
+    unconditional one (num_classes = 0) returns temb as it is and refuses labels. temb: [B, E]."""
+    if num_classes == 0:
+        if cond is not None:
+            raise ValueError(f"{owner}: got class labels, but the network is unconditional (num_classes=0)")
+        return temb
+    return temb + ClassEmbedding(num_classes, temb.shape[-1])(cond, temb.shape[0])
 
 
 # ----------------------------------------------------------------------------------- resampling layers

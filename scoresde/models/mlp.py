@@ -3,8 +3,9 @@
 import flax.linen as nn
 import jax
 
-from scoresde.models.layers import (EMBEDDING_TYPES, NoiseEmbedding, act, check_choice, check_positive_int,
-                                    check_range, default_init, divide_by_sigma)
+from scoresde.models.layers import (EMBEDDING_TYPES, NoiseEmbedding, act, check_choice, check_num_classes,
+                                    check_positive_int, check_range, default_init, divide_by_sigma,
+                                    embed_condition)
 
 
 class MLPBlock(nn.Module):
@@ -35,8 +36,12 @@ class ScoreMLP(nn.Module):
       embedding_type: "positional" or "fourier".
       fourier_scale: standard deviation of the Fourier frequencies.
       scale_by_sigma: divide the output by the noise label (VE, where the label is sigma(t)).
+      num_classes: 0 (unconditional), or the number of classes of a class-conditional network, whose class
+        embedding (`layers.ClassEmbedding`, with a null class for the unconditional score) is added to the
+        noise embedding.
 
-    Call: x: [B, D], noise_label: [B] -> [B, D]; `train` is accepted for the common signature.
+    Call: x: [B, D], noise_label: [B], cond: [B] int labels or None (the null class) -> [B, D]; `train` is
+    accepted for the common signature.
     """
 
     width: int = 256
@@ -44,20 +49,24 @@ class ScoreMLP(nn.Module):
     embedding_type: str = "positional"
     fourier_scale: float = 16.0
     scale_by_sigma: bool = False
+    num_classes: int = 0
 
     def __post_init__(self) -> None:
         check_positive_int("ScoreMLP", "width", self.width)
         check_positive_int("ScoreMLP", "depth", self.depth)
         check_choice("ScoreMLP", "embedding_type", self.embedding_type, EMBEDDING_TYPES)
         check_range("ScoreMLP", "fourier_scale", self.fourier_scale, 0.0)
+        check_num_classes("ScoreMLP", self.num_classes)
         super().__post_init__()
 
     @nn.compact
-    def __call__(self, x: jax.Array, noise_label: jax.Array, train: bool = False) -> jax.Array:
+    def __call__(self, x: jax.Array, noise_label: jax.Array, train: bool = False,
+                 cond: jax.Array | None = None) -> jax.Array:
         if x.ndim != 2 or noise_label.shape != x.shape[:1]:
             raise ValueError(f"ScoreMLP: needs x: [B, D] and noise_label: [B], "
                              f"got {x.shape} and {noise_label.shape}")
         temb = NoiseEmbedding(self.embedding_type, self.width, self.width, self.fourier_scale)(noise_label)
+        temb = embed_condition("ScoreMLP", self.num_classes, temb, cond)
         h = nn.Dense(self.width, kernel_init=default_init())(x)
         for _ in range(self.depth):
             h = MLPBlock(self.width)(h, temb)

@@ -14,9 +14,9 @@ import jax
 import jax.numpy as jnp
 
 from scoresde.models.layers import (EMBEDDING_TYPES, AttnBlock, Combine, NoiseEmbedding, Resample,
-                                    ResnetBlock, act, check_choice, check_images, check_positive_int,
-                                    check_positive_ints, check_range, conv3x3, divide_by_sigma, group_norm,
-                                    residual_sum)
+                                    ResnetBlock, act, check_choice, check_images, check_num_classes,
+                                    check_positive_int, check_positive_ints, check_range, conv3x3,
+                                    divide_by_sigma, embed_condition, group_norm, residual_sum)
 from scoresde.models.resample import Direction
 
 # Residual-block families; the value is the init scale of the block's shortcut projection (see ResnetBlock).
@@ -51,8 +51,12 @@ class NCSNpp(nn.Module):
       fourier_scale: standard deviation of the Fourier frequencies.
       init_scale: init scale of the layers that produce each block's and the network's output.
       scale_by_sigma: divide the output by the noise label (VE, where the label is sigma(t)).
+      num_classes: 0 (unconditional), or the number of classes of a class-conditional network, whose class
+        embedding (`layers.ClassEmbedding`, with a null class for the unconditional score) is added to the
+        noise embedding; needs `conditional`.
 
-    Call: x: [B, H, W, C] as given (no input rescaling), noise_label: [B] -> [B, H, W, C].
+    Call: x: [B, H, W, C] as given (no input rescaling), noise_label: [B], cond: [B] int labels or None (the
+    null class) -> [B, H, W, C].
     """
 
     nf: int = 128
@@ -73,6 +77,7 @@ class NCSNpp(nn.Module):
     fourier_scale: float = 16.0
     init_scale: float = 0.0
     scale_by_sigma: bool = False
+    num_classes: int = 0
 
     def __post_init__(self) -> None:
         owner = type(self).__name__
@@ -89,14 +94,24 @@ class NCSNpp(nn.Module):
         check_choice(owner, "progressive_input", self.progressive_input, PROGRESSIVE_INPUT)
         check_choice(owner, "progressive_combine", self.progressive_combine, PROGRESSIVE_COMBINE)
         check_choice(owner, "embedding_type", self.embedding_type, EMBEDDING_TYPES)
+        check_num_classes(owner, self.num_classes)
+        if self.num_classes and not self.conditional:
+            raise ValueError(f"{owner}.num_classes={self.num_classes} needs conditional=True: the class "
+                             "embedding is added to the noise embedding")
         super().__post_init__()
 
     @nn.compact
-    def __call__(self, x: jax.Array, noise_label: jax.Array, train: bool = False) -> jax.Array:
-        check_images(type(self).__name__, x, noise_label, len(self.ch_mult) - 1)
+    def __call__(self, x: jax.Array, noise_label: jax.Array, train: bool = False,
+                 cond: Optional[jax.Array] = None) -> jax.Array:
+        owner = type(self).__name__
+        check_images(owner, x, noise_label, len(self.ch_mult) - 1)
         temb = None
         if self.conditional:
             temb = NoiseEmbedding(self.embedding_type, self.nf, 4 * self.nf, self.fourier_scale)(noise_label)
+            temb = embed_condition(owner, self.num_classes, temb, cond)
+        elif cond is not None:
+            raise ValueError(f"{owner}: got class labels, but conditional=False leaves no embedding to add "
+                             "them to")
         skips = self._encode(x, temb, train)
         h = self._resblock()(skips[-1], temb, train)
         h = self._attn()(h)

@@ -97,6 +97,7 @@ def network_fn(
     train: bool = False,
     rng: Array | None = None,
     center_input: bool = False,
+    cond: Array | None = None,
 ) -> NetworkFn:
     """F(x, noise_label) = model.apply(variables, x', noise_label, train=train), x' = 2 x - 1 if center_input.
 
@@ -107,11 +108,14 @@ def network_fn(
       rng: PRNG key for dropout.
       center_input: map data in [0, 1] to [-1, 1] before the network, as the reference's image models do when
         `data.centered` is False.
+      cond: class labels the network is closed over, [B] or a scalar for every example; None: none (the null
+        class of a class-conditional network).
     """
     rngs = None if rng is None else {"dropout": rng}
 
     def apply(x: Array, noise_label: Array) -> Array:
         x_in = 2.0 * x - 1.0 if center_input else x
-        return model.apply(variables, x_in, noise_label, train=train, rngs=rngs)
+        labels = None if cond is None else jnp.broadcast_to(cond, x.shape[:1])
+        return model.apply(variables, x_in, noise_label, train=train, cond=labels, rngs=rngs)
 
     return apply
