@@ -20,7 +20,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from scoresde.samplers.base import per_example, require
+from scoresde.samplers.base import in_work_dtype, per_example, require
 from scoresde.samplers.ode import adaptive_solve, check_tolerances, solve_flow
 from scoresde.sde import SDE, ScoreFn
 
@@ -89,12 +89,15 @@ def log_likelihood(
       eps: start time in (0, T); defaults to `sde.default_eps`.
 
     Returns:
-      (logp: [B], nfe: evaluations of the augmented vector field, each one score evaluation plus its JVPs).
+      (logp: [B] in the dtype of x, nfe: evaluations of the augmented vector field, each one score evaluation
+      plus its JVPs). A bfloat16 or float16 x is integrated in float32 (`samplers.base.in_work_dtype`).
 
     Jit-compatible; the finiteness check on x runs when x is concrete.
     """
     _check_inputs(sde, x, divergence, num_probes, rtol, atol, eps)
     eps = sde.default_eps if eps is None else eps
+    dtype = x.dtype
+    score_fn, x = in_work_dtype(score_fn, x)
     probes = _probes(key, divergence, num_probes, x)
     event_axes = tuple(range(1, x.ndim))
 
@@ -107,7 +110,7 @@ def log_likelihood(
 
     state0 = (x, jnp.zeros(x.shape[:1], x.dtype))
     (z, delta_logp), nfe = adaptive_solve(augmented, state0, eps, sde.T, rtol=rtol, atol=atol)
-    return sde.prior_logp(z) + delta_logp, nfe
+    return (sde.prior_logp(z) + delta_logp).astype(dtype), nfe
 
 
 def bits_per_dim(

@@ -1,64 +1,161 @@
 """Time grids for fixed-step samplers, from T down to eps.
 
 A grid is a decreasing array t_0 = T > t_1 > ... > t_N = eps of N + 1 times; step i goes from t_i to t_{i+1}.
-Grids that are uniform in some other variable (the noise level sigma/alpha, the log-SNR) are mapped back to t
-through the SDE's closed-form inverse `t_from_log_snr`, so every grid works for every SDE.
+Grids that are uniform in some other variable (the EDM noise level sigma/alpha, the half log-SNR lambda) are
+mapped back to t through the SDE's closed-form inverses, so every grid works for every SDE. A grid is either
+named (`SCHEDULE_NAMES`) or given as a value: a tuple of times (`check_grid`), e.g. from a published sigma
+table (`from_edm_sigmas`).
+
+Grids are computed on the host in float64 numpy, whatever dtype the model runs in (in bfloat16, with its 3
+significant digits, neighbouring times of a long grid would coincide); samplers cast them once, to the dtype
+they compute in, float32 or wider (`samplers.base.work_dtype`).
 """
 
 from __future__ import annotations
 
-import jax
-import jax.numpy as jnp
+from typing import Sequence
+
+import numpy as np
 
 from scoresde.sde import SDE
 
-Array = jax.Array
+Grid = tuple[float, ...]
 
 
-def uniform(sde: SDE, num_steps: int, eps: float) -> Array:
+def uniform(sde: SDE, num_steps: int, eps: float) -> np.ndarray:
     """Uniform in t (Song et al. 2021)."""
-    return jnp.linspace(sde.T, eps, num_steps + 1)
+    return np.linspace(sde.T, eps, num_steps + 1)
 
 
-def quadratic(sde: SDE, num_steps: int, eps: float) -> Array:
+def quadratic(sde: SDE, num_steps: int, eps: float) -> np.ndarray:
     """Uniform in sqrt(t - eps): denser near the data (the "quad" grid of DDIM, Song et al. 2021a,
     App. D.2).
     """
-    u = jnp.linspace(1.0, 0.0, num_steps + 1)
+    u = np.linspace(1.0, 0.0, num_steps + 1)
     return eps + (sde.T - eps) * u**2
 
 
-def karras(sde: SDE, num_steps: int, eps: float, rho: float = 7.0) -> Array:
+def karras(sde: SDE, num_steps: int, eps: float, rho: float = 7.0) -> np.ndarray:
     """Uniform in (sigma/alpha)^(1/rho) (Karras et al. 2022, Eq. 5), the noise level of the EDM ODE."""
-    end_points = jnp.array([sde.T, eps])
-    inv_rho = jnp.exp(-0.5 * sde.log_snr(end_points) / rho)
-    u = jnp.linspace(0.0, 1.0, num_steps + 1)
-    noise_level = (inv_rho[0] + u * (inv_rho[1] - inv_rho[0])) ** rho
-    return _from_log_snr(sde, -2.0 * jnp.log(noise_level), eps)
+    inv_rho = sde.edm_sigma(np.array([sde.T, eps])) ** (1.0 / rho)
+    u = np.linspace(0.0, 1.0, num_steps + 1)
+    return _pinned(sde, sde.t_from_edm_sigma((inv_rho[0] + u * (inv_rho[1] - inv_rho[0])) ** rho), eps)
 
 
-def logsnr(sde: SDE, num_steps: int, eps: float) -> Array:
-    """Uniform in the log-SNR lambda(t) (Lu et al. 2022, DPM-Solver, Sec. 3.3)."""
-    lam = sde.log_snr(jnp.array([sde.T, eps]))
-    return _from_log_snr(sde, jnp.linspace(lam[0], lam[1], num_steps + 1), eps)
+def logsnr(sde: SDE, num_steps: int, eps: float) -> np.ndarray:
+    """Uniform in the log-SNR (Lu et al. 2022, DPM-Solver, Sec. 3.3)."""
+    lam = sde.half_log_snr(np.array([sde.T, eps]))
+    return _pinned(sde, sde.t_from_half_log_snr(np.linspace(lam[0], lam[1], num_steps + 1)), eps)
 
 
-def _from_log_snr(sde: SDE, lam: Array, eps: float) -> Array:
+def _pinned(sde: SDE, t: np.ndarray, eps: float) -> np.ndarray:
     # Pin the end points so round-off in t(lambda(t)) never moves them.
-    t = sde.t_from_log_snr(lam)
-    return t.at[0].set(sde.T).at[-1].set(eps)
+    t = np.array(t, np.float64)
+    t[0], t[-1] = sde.T, eps
+    return t
 
 
 _SCHEDULES = {"uniform": uniform, "quadratic": quadratic, "karras": karras, "logsnr": logsnr}
 SCHEDULE_NAMES = tuple(_SCHEDULES)
 
 
-def check_schedule(name: str) -> None:
-    if name not in _SCHEDULES:
-        raise ValueError(f"unknown schedule {name!r}; valid names: {list(SCHEDULE_NAMES)}.")
+def check_schedule(schedule: str | Grid, num_steps: int, where: str) -> None:
+    """Raises ValueError unless `schedule` is a known name or a valid explicit grid of num_steps steps."""
+    if isinstance(schedule, str):
+        if schedule not in _SCHEDULES:
+            raise ValueError(f"{where}: unknown schedule {schedule!r}; valid names: {list(SCHEDULE_NAMES)}, "
+                             f"or a tuple of times T .. eps.")
+    else:
+        check_grid(schedule, num_steps, where)
 
 
-def build_schedule(name: str, sde: SDE, num_steps: int, eps: float) -> Array:
-    """The named time grid: [num_steps + 1], from T to eps."""
-    check_schedule(name)
-    return _SCHEDULES[name](sde, num_steps, eps)
+def check_grid(grid: Sequence[float], num_steps: int, where: str) -> None:
+    """Raises ValueError unless grid is num_steps + 1 finite, strictly decreasing times in (0, 1].
+
+    That it starts at the SDE's T and ends at the eps of the solve is checked where both are known
+    (`check_ends`).
+    """
+    t = np.asarray(grid, np.float64)
+    ok_shape = t.ndim == 1 and t.shape[0] == num_steps + 1
+    _require(ok_shape, f"{where}: an explicit schedule needs num_steps + 1 = {num_steps + 1} times T .. eps; "
+                       f"got {t.shape[0] if t.ndim == 1 else t.shape} ({_show(t)}).")
+    bad = np.flatnonzero(~np.isfinite(t))
+    _require(bad.size == 0, f"{where}: schedule times must be finite; got {t[bad[0]] if bad.size else ''} at "
+                            f"index {bad[0] if bad.size else ''}.")
+    rising = np.flatnonzero(np.diff(t) >= 0)
+    _require(rising.size == 0, f"{where}: schedule times must be strictly decreasing from T to eps; got "
+                               f"{t[rising[0]] if rising.size else ''} followed by "
+                               f"{t[rising[0] + 1] if rising.size else ''} at index "
+                               f"{rising[0] + 1 if rising.size else ''}.")
+    _require(0.0 < t[-1] and t[0] <= 1.0, f"{where}: schedule times must lie in (0, T]; got {_show(t)}.")
+
+
+def check_ends(grid: np.ndarray, sde: SDE, eps: float | None) -> float:
+    """The eps of a solve over an explicit grid: grid[-1]; raises ValueError unless grid[0] is the SDE's T and
+    eps, where given, is grid[-1]."""
+    start, end = float(grid[0]), float(grid[-1])
+    _require(start == sde.T, f"schedule must start at T = {sde.T} of the SDE; it starts at {start!r}.")
+    _require(eps is None or float(eps) == end,
+             f"eps={eps!r} but the sampler's schedule ends at {end!r}; pass eps=None or eps={end!r}.")
+    sde.check_eps(end)
+    return end
+
+
+def build_schedule(schedule: str | Grid, sde: SDE, num_steps: int, eps: float) -> np.ndarray:
+    """The grid, named or explicit, as float64: [num_steps + 1], from T to eps."""
+    if not isinstance(schedule, str):
+        return np.asarray(schedule, np.float64)
+    check_schedule(schedule, num_steps, "build_schedule")
+    return _SCHEDULES[schedule](sde, num_steps, float(eps))
+
+
+def from_edm_sigmas(sde: SDE, sigmas: Sequence[float], num_steps: int | None = None) -> Grid:
+    """Times of a published noise-level table (Karras/AYS style), resampled to num_steps steps.
+
+    The table lists EDM noise levels sigma~ = sigma/alpha (Karras et al. 2022), decreasing, its last entry the
+    one to stop at (tables that end in 0 drop it: the final denoising step stands for it). Resampling
+    interpolates log sigma~ linearly in the table's position, as Align Your Steps does (Sabour et al. 2024,
+    App. B), keeping both ends; each level maps to t through the SDE's closed-form inverse.
+
+    Args:
+      sde: the SDE whose noise levels the table lists.
+      sigmas: [M >= 2] decreasing positive levels within the SDE's range (sigma~(eps_min), sigma~(T)].
+      num_steps: steps of the grid (default M - 1: the table itself).
+
+    Returns:
+      num_steps + 1 times from T down to t(sigmas[-1]), usable as any fixed-step sampler's `schedule`.
+
+    Raises:
+      ValueError: if the table is not decreasing and positive, or lies outside the SDE's range.
+    """
+    s = np.asarray(sigmas, np.float64)
+    s = s[:-1] if s.size and s[-1] == 0 else s
+    _require(s.ndim == 1 and s.size >= 2 and bool(np.all(np.isfinite(s))),
+             f"from_edm_sigmas: sigmas must be 2 or more finite noise levels; got {_show(s)}.")
+    _require(bool(np.all(np.diff(s) < 0)) and s[-1] > 0,
+             f"from_edm_sigmas: sigmas must be positive and strictly decreasing; got {_show(s)}.")
+    top, bottom = (float(v) for v in sde.edm_sigma(np.array([sde.T, sde.T * 1e-12])))
+    _require(s[0] <= top * (1 + 1e-9) and s[-1] > bottom,
+             f"from_edm_sigmas: sigmas must lie in the noise levels of {type(sde).__name__}, "
+             f"({bottom:.4g}, {top:.6g}]; got {s[0]:.6g} .. {s[-1]:.4g}.")
+    num_steps = s.size - 1 if num_steps is None else num_steps
+    _require(isinstance(num_steps, int) and num_steps >= 1,
+             f"from_edm_sigmas: num_steps must be an integer >= 1; got {num_steps!r}.")
+    u = np.linspace(0.0, s.size - 1, num_steps + 1)
+    t = sde.t_from_edm_sigma(np.exp(np.interp(u, np.arange(s.size), np.log(s))))
+    t[0] = sde.T  # the table's first level is the prior's: start exactly at T
+    return tuple(float(v) for v in t)
+
+
+def _show(t: np.ndarray, most: int = 6) -> str:
+    values = ", ".join(f"{v:.6g}" for v in np.ravel(t)[:most])
+    return f"[{values}{', ...' if np.size(t) > most else ''}]"
+
+
+def _require(condition: bool, message: str) -> None:
+    if not condition:
+        raise ValueError(message)
+
+
+__all__ = ["SCHEDULE_NAMES", "build_schedule", "check_grid", "from_edm_sigmas", "karras", "logsnr",
+           "quadratic", "uniform"]

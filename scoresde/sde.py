@@ -9,8 +9,12 @@ together with f and g; everything else is derived from them once, here, for ever
   (the DDPM discretisation for VP, the SMLD one for VE, and the exact one for sub-VP);
 * the reverse-time SDE and the probability-flow ODE for a score function (Song et al. 2021, Eqs. 6 and 13);
 * Tweedie's denoiser E[x_0 | x_t] = (x_t + sigma^2 score) / alpha;
-* the log signal-to-noise ratio lambda(t) = log(alpha^2 / sigma^2) and its inverse t(lambda), in closed form,
-  as the exponential integrators (DDIM, DPM-Solver++, UniPC) need.
+* the log signal-to-noise ratio log(alpha^2 / sigma^2), its half lambda(t) = log(alpha / sigma) (the time
+  variable of DPM-Solver and UniPC), the EDM noise level sigma~ = sigma / alpha = exp(-lambda) (Karras et al.
+  2022) and their inverses t(.), in closed form.
+
+The closed forms take numpy arrays as well as JAX ones and then compute in numpy: time grids and multistep
+coefficients are computed once, on the host, in float64, whatever dtype the model runs in.
 
 Shapes: x is [B, ...] and t is [B]; per-example scalars such as alpha(t) are [B].
 """
@@ -23,6 +27,7 @@ from typing import Callable
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import struct
 
 Array = jax.Array
@@ -32,6 +37,11 @@ ScoreFn = Callable[[Array, Array], Array]
 def batch_broadcast(v: Array, x: Array) -> Array:
     """Reshapes a per-example v: [B] so it broadcasts against x: [B, ...]."""
     return jnp.reshape(v, v.shape + (1,) * (x.ndim - v.ndim))
+
+
+def array_namespace(*arrays):
+    """numpy if every argument is a numpy array or scalar (host computation in float64), else jax.numpy."""
+    return np if all(isinstance(a, (np.ndarray, np.generic)) for a in arrays) else jnp
 
 
 def _require(condition: bool, message: str) -> None:
@@ -76,11 +86,27 @@ class SDE(abc.ABC):
     # ----- derived quantities, shared by every SDE -----
 
     def alpha(self, t: Array) -> Array:
-        return jnp.exp(self.log_alpha(t))
+        return array_namespace(t).exp(self.log_alpha(t))
 
     def log_snr(self, t: Array) -> Array:
-        """lambda(t) = log(alpha(t)^2 / sigma(t)^2), decreasing in t."""
-        return 2.0 * (self.log_alpha(t) - jnp.log(self.sigma(t)))
+        """log(alpha(t)^2 / sigma(t)^2), decreasing in t."""
+        return 2.0 * self.half_log_snr(t)
+
+    def half_log_snr(self, t: Array) -> Array:
+        """lambda(t) = log(alpha(t) / sigma(t)), the time of DPM-Solver (Lu et al. 2022a, Sec. 3.1)."""
+        return self.log_alpha(t) - array_namespace(t).log(self.sigma(t))
+
+    def t_from_half_log_snr(self, lam: Array) -> Array:
+        """The inverse of `half_log_snr`."""
+        return self.t_from_log_snr(2.0 * lam)
+
+    def edm_sigma(self, t: Array) -> Array:
+        """The EDM noise level sigma~ = sigma(t) / alpha(t) = exp(-lambda(t)) (Karras et al. 2022, Sec. 2)."""
+        return array_namespace(t).exp(-self.half_log_snr(t))
+
+    def t_from_edm_sigma(self, edm_sigma: Array) -> Array:
+        """The inverse of `edm_sigma`."""
+        return self.t_from_half_log_snr(-array_namespace(edm_sigma).log(edm_sigma))
 
     def sde(self, x: Array, t: Array) -> tuple[Array, Array]:
         """Drift f(t) x: [B, ...] and diffusion g(t): [B] of the forward SDE."""
@@ -149,7 +175,7 @@ class _BetaLinear(SDE):
     def t_from_beta_integral(self, b: Array) -> Array:
         """Inverts B(t) = b, the positive root of a quadratic written without cancellation."""
         slope = self.beta_max - self.beta_min
-        return 2.0 * b / (self.beta_min + jnp.sqrt(self.beta_min**2 + 2.0 * slope * b))
+        return 2.0 * b / (self.beta_min + array_namespace(b).sqrt(self.beta_min**2 + 2.0 * slope * b))
 
     def drift_coef(self, t: Array) -> Array:
         return -0.5 * self.beta(t)
@@ -175,11 +201,12 @@ class VPSDE(_BetaLinear):
         return jnp.sqrt(self.beta(t))
 
     def sigma(self, t: Array) -> Array:
-        return jnp.sqrt(-jnp.expm1(-self.beta_integral(t)))
+        xp = array_namespace(t)
+        return xp.sqrt(-xp.expm1(-self.beta_integral(t)))
 
     def t_from_log_snr(self, log_snr: Array) -> Array:
-        # alpha^2 = sigmoid(lambda), so B(t) = -log sigmoid(lambda) = softplus(-lambda).
-        return self.t_from_beta_integral(jax.nn.softplus(-log_snr))
+        # alpha^2 = sigmoid(lambda), so B(t) = -log sigmoid(lambda) = softplus(-lambda) = log(1 + e^-lambda).
+        return self.t_from_beta_integral(array_namespace(log_snr).logaddexp(0.0, -log_snr))
 
 
 @struct.dataclass
@@ -193,14 +220,15 @@ class SubVPSDE(_BetaLinear):
         return jnp.sqrt(self.beta(t) * -jnp.expm1(-2.0 * self.beta_integral(t)))
 
     def sigma(self, t: Array) -> Array:
-        return -jnp.expm1(-self.beta_integral(t))
+        return -array_namespace(t).expm1(-self.beta_integral(t))
 
     def t_from_log_snr(self, log_snr: Array) -> Array:
         # With e = alpha^2 and r = exp(lambda): e / (1 - e)^2 = r, whose root in (0, 1) is
         # e = 2r / (2r + 1 + sqrt(4r + 1)); B(t) = -log e.
-        r = jnp.exp(log_snr)
-        e = 2.0 * r / (2.0 * r + 1.0 + jnp.sqrt(4.0 * r + 1.0))
-        return self.t_from_beta_integral(-jnp.log(e))
+        xp = array_namespace(log_snr)
+        r = xp.exp(log_snr)
+        e = 2.0 * r / (2.0 * r + 1.0 + xp.sqrt(4.0 * r + 1.0))
+        return self.t_from_beta_integral(-xp.log(e))
 
 
 @struct.dataclass
@@ -231,16 +259,16 @@ class VESDE(SDE):
         return jnp.zeros_like(t)
 
     def diffusion(self, t: Array) -> Array:
-        return self.sigma(t) * jnp.sqrt(2.0 * self._log_ratio)
+        return self.sigma(t) * math.sqrt(2.0 * self._log_ratio)
 
     def log_alpha(self, t: Array) -> Array:
-        return jnp.zeros_like(t)
+        return array_namespace(t).zeros_like(t)
 
     def sigma(self, t: Array) -> Array:
-        return self.sigma_min * jnp.exp(t * self._log_ratio)
+        return self.sigma_min * array_namespace(t).exp(t * self._log_ratio)
 
     def t_from_log_snr(self, log_snr: Array) -> Array:
-        return (-0.5 * log_snr - jnp.log(self.sigma_min)) / self._log_ratio
+        return (-0.5 * log_snr - math.log(self.sigma_min)) / self._log_ratio
 
     def prior_sampling(self, key: Array, shape: tuple[int, ...]) -> Array:
         return self.sigma_max * jax.random.normal(key, shape)

@@ -15,7 +15,6 @@ from scoresde.bench.accuracy import pathwise_error
 from scoresde.samplers.exponential import (
     exp_moments,
     exponential_update,
-    half_log_snr,
     integration_weights,
     multistep_moments,
 )
@@ -54,7 +53,7 @@ def polynomial_score(sde, coeffs):
     """A score function whose Tweedie denoiser is x0(lambda) = sum_m c_m lambda^m: [B, 2], whatever x is."""
 
     def score_fn(x, t):
-        lam = half_log_snr(sde, t)[:, None]
+        lam = sde.half_log_snr(t)[:, None]
         x0 = sum(c * lam**m for m, c in enumerate(coeffs))
         alpha, sigma = sde.alpha(t)[:, None], sde.sigma(t)[:, None]
         return (alpha * x0 - x) / sigma**2
@@ -73,7 +72,7 @@ def test_third_order_step_is_exact_for_quadratic_data_prediction(sde):
     coeffs = np.array([[0.3, -1.0], [0.5, 0.2], [1.0, 1.0]])  # x0(lambda) = c_0 + c_1 lambda + c_2 lambda^2
     with jax.enable_x64(True):
         times = jnp.array([0.62, 0.55, 0.5, 0.42])  # two earlier nodes, the current time t, the target s
-        lam = half_log_snr(sde, times)
+        lam = sde.half_log_snr(times)
         t, s, h = times[2], times[3], lam[3] - lam[2]
         nodes = (lam[2::-1] - lam[2]) / h  # the current node first (r = 0), then the earlier, negative ones
         score_fn = polynomial_score(sde, list(coeffs))

@@ -71,7 +71,7 @@ class EDM(Parametrization):
 
     def score(self, sde, network, x, t):
         alpha, sigma = batch_broadcast(sde.alpha(t), x), batch_broadcast(sde.sigma(t), x)
-        noise = jnp.exp(-0.5 * sde.log_snr(t))  # s = sigma / alpha, [B]
+        noise = sde.edm_sigma(t)  # s = sigma / alpha, [B]
         s2 = batch_broadcast(noise, x) ** 2
         total = s2 + self.sigma_data**2
         c_skip = self.sigma_data**2 / total

@@ -6,7 +6,7 @@ from typing import Any
 
 import jax
 
-from scoresde.samplers.base import FixedStepSampler, Sampler, per_example
+from scoresde.samplers.base import FixedStepSampler, Sampler, in_work_dtype, per_example
 from scoresde.samplers.exponential import DDIM, DPMSolverPP, UniPC
 from scoresde.samplers.ode import RK45, Euler, Heun
 from scoresde.samplers.pc import PC
@@ -67,13 +67,16 @@ def sample(
       axis_name: inside the caller's pmap, the mapped axis over which batch statistics are averaged.
 
     Returns:
-      (x: `shape`, nfe: the number of score evaluations made, an int32 scalar).
+      (x: `shape`, in the dtype of x_init (float32 without it), nfe: the number of score evaluations made, an
+      int32 scalar). A bfloat16 or float16 x is integrated in float32 (`base.in_work_dtype`).
+
+    Raises:
+      ValueError: on a bad sampler, eps or x_init, or an eps other than where the sampler's explicit grid
+        ends.
     """
     if not isinstance(sampler, Sampler):
         raise ValueError(f"sampler must be a scoresde Sampler such as samplers.PC(); got {sampler!r}.")
-    eps = sde.default_eps if eps is None else eps
-    if isinstance(eps, (int, float)):
-        sde.check_eps(eps)
+    eps = sampler.end_time(sde, eps)
     k_prior, k_solve = jax.random.split(key)
     if x_init is None:
         x = sde.prior_sampling(k_prior, tuple(shape))
@@ -82,12 +85,14 @@ def sample(
     else:
         x = x_init
     check_score_fn(score_fn, x)
+    dtype = x.dtype
+    score_fn, x = in_work_dtype(score_fn, x)
     x, nfe = sampler.solve(k_solve, sde, score_fn, x, eps, axis_name)
     if denoise:
         t = per_example(eps, x)
         x = sde.denoise(score_fn(x, t), x, t)
         nfe = nfe + 1
-    return x, nfe
+    return x.astype(dtype), nfe
 
 
 __all__ = [

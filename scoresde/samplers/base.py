@@ -8,6 +8,7 @@ from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax import lax
 
 from scoresde import schedules
@@ -31,6 +32,13 @@ class Sampler(abc.ABC):
             f"{type(self).__name__} chooses its own steps; it cannot be set to {nfe} evaluations."
         )
 
+    def end_time(self, sde: SDE, eps: float | None) -> float:
+        """The time the solve stops at: eps, or by default `sde.default_eps`; raises ValueError if invalid."""
+        eps = sde.default_eps if eps is None else eps
+        if isinstance(eps, (int, float)):
+            sde.check_eps(eps)
+        return eps
+
 
 def require(condition: bool, message: str) -> None:
     """Raises ValueError(message) unless condition holds: settings are checked at construction."""
@@ -40,18 +48,31 @@ def require(condition: bool, message: str) -> None:
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class FixedStepSampler(Sampler):
-    """A sampler over a fixed grid of `num_steps` steps from T to eps, spaced by the named `schedule`."""
+    """A sampler over a fixed grid of `num_steps` steps from T to eps.
+
+    `schedule` is a name of `schedules.SCHEDULE_NAMES` or the grid itself: num_steps + 1 strictly decreasing
+    times from T to eps (a tuple; any sequence is stored as a tuple of floats, so the sampler stays hashable).
+    With an explicit grid, the solve stops at its last time: `sample` refuses another eps.
+
+    Subclasses implement `solve_grid`, the solve over a given grid, which `solve` runs on `grid(sde, eps)` and
+    `schedules.fit` runs on candidate grids; a subclass that costs more than one evaluation per step overrides
+    `nfe`.
+    """
 
     num_steps: int
-    schedule: str = "uniform"
+    schedule: str | schedules.Grid = "uniform"
 
     def __post_init__(self):
+        name = type(self).__name__
         require(
             isinstance(self.num_steps, int) and self.num_steps >= self.min_steps,
-            f"{type(self).__name__}: num_steps must be an integer >= {self.min_steps}; "
-            f"got {self.num_steps!r}.",
+            f"{name}: num_steps must be an integer >= {self.min_steps}; got {self.num_steps!r}.",
         )
-        schedules.check_schedule(self.schedule)
+        if not isinstance(self.schedule, str):
+            require(np.ndim(self.schedule) == 1,
+                    f"{name}: schedule must be a name or a 1-D sequence of times; got {self.schedule!r}.")
+            object.__setattr__(self, "schedule", tuple(float(t) for t in self.schedule))
+        schedules.check_schedule(self.schedule, self.num_steps, name)
 
     @property
     def min_steps(self) -> int:
@@ -62,11 +83,16 @@ class FixedStepSampler(Sampler):
         return self.num_steps
 
     def with_nfe(self, nfe: int) -> "FixedStepSampler":
-        """The same sampler with the most steps whose solve makes at most `nfe` score evaluations.
+        """The same sampler with the most steps whose solve makes at most `nfe` score evaluations; a sampler
+        on an explicit grid keeps it.
 
         Raises:
-          ValueError: if even `min_steps` steps cost more than `nfe` evaluations.
+          ValueError: if even `min_steps` steps (or the explicit grid) cost more than `nfe` evaluations.
         """
+        if not isinstance(self.schedule, str):
+            require(self.nfe() <= nfe, f"{type(self).__name__} on its explicit {self.num_steps}-step "
+                                       f"schedule makes {self.nfe()} score evaluations; asked for {nfe}.")
+            return self
         with_steps = lambda n: dataclasses.replace(self, num_steps=n)
         fitting = [
             n for n in range(self.min_steps, max(nfe, self.min_steps) + 1) if with_steps(n).nfe() <= nfe
@@ -78,9 +104,34 @@ class FixedStepSampler(Sampler):
         )
         return with_steps(fitting[-1])
 
-    def grid(self, sde: SDE, eps: float) -> Array:
+    def end_time(self, sde: SDE, eps: float | None) -> float:
+        if isinstance(self.schedule, str):
+            return super().end_time(sde, eps)
+        return schedules.check_ends(np.asarray(self.schedule), sde, eps)
+
+    def grid(self, sde: SDE, eps: float) -> np.ndarray:
+        """The times of the solve, float64 on the host: [num_steps + 1], from T to eps."""
         return schedules.build_schedule(self.schedule, sde, self.num_steps, eps)
 
+    def solve(self, key, sde, score_fn, x, eps, axis_name=None):
+        ts = self.grid(sde, eps)
+        return self.solve_grid(key, sde, score_fn, x, ts, axis_name), jnp.asarray(self._nfe_of(ts), jnp.int32)
+
+    def _nfe_of(self, ts: np.ndarray) -> int:
+        # A subclass's own grid() may differ in length from num_steps: count the steps it does take.
+        if len(ts) == self.num_steps + 1:
+            return self.nfe()
+        return dataclasses.replace(self, num_steps=len(ts) - 1, schedule=SCHEDULE_FOR_COUNTING).nfe()
+
+    def solve_grid(
+        self, key: Array, sde: SDE, score_fn: ScoreFn, x: Array, ts: Array, axis_name: Any = None
+    ) -> Array:
+        """x at ts[-1] from x: [B, ...] at ts[0], over the grid ts: [N + 1] (float64 numpy, or traced)."""
+        raise ValueError(f"{type(self).__name__} does not implement solve_grid, so it runs only on its own "
+                         f"grid and its grid cannot be fitted.")
+
+
+SCHEDULE_FOR_COUNTING = "uniform"  # nfe() depends on num_steps alone; any named schedule will do
 
 StepFn = Callable[[Any, Array, Array, Array], Any]
 
@@ -88,7 +139,11 @@ StepFn = Callable[[Any, Array, Array, Array], Any]
 def scan_grid(step: StepFn, carry: Any, ts: Array) -> Any:
     """Runs carry = step(carry, i, t_i, t_{i+1}) for i = 0 .. N-1 over the grid ts: [N + 1], in one
     lax.scan.
+
+    The times are cast once to the dtype of the carry's first leaf (the state x), so a float64 host grid never
+    changes the carry's dtype.
     """
+    ts = jnp.asarray(ts, jax.tree.leaves(carry)[0].dtype)
 
     def body(carry, inputs):
         i, t, s = inputs
@@ -102,3 +157,19 @@ def scan_grid(step: StepFn, carry: Any, ts: Array) -> Any:
 def per_example(t: Array, x: Array) -> Array:
     """A scalar time broadcast to the batch: [B]."""
     return jnp.full(x.shape[:1], t, dtype=x.dtype)
+
+
+def work_dtype(dtype) -> jnp.dtype:
+    """The dtype samplers and the likelihood compute in: float32 for 16-bit states, else the state's own."""
+    return jnp.promote_types(dtype, jnp.float32)
+
+
+def in_work_dtype(score_fn: ScoreFn, x: Array) -> tuple[ScoreFn, Array]:
+    """x in `work_dtype`, and score_fn wrapped to take x in its own dtype and answer in the work dtype.
+
+    Times reach the score function in the work dtype: in bfloat16, neighbouring times of a grid coincide.
+    """
+    dtype, work = x.dtype, work_dtype(x.dtype)
+    if dtype == work:
+        return score_fn, x
+    return (lambda y, t: score_fn(y.astype(dtype), t).astype(work)), x.astype(work)

@@ -1,6 +1,6 @@
 """Exponential integrators of the probability-flow ODE in the log-SNR: DDIM, DPM-Solver++ and UniPC.
 
-With lambda = log(alpha / sigma) (half the log-SNR of `SDE.log_snr`) and the data prediction
+With lambda = log(alpha / sigma) (`SDE.half_log_snr`) and the data prediction
 x0(x, t) = E[x_0 | x_t] (Tweedie), the probability-flow ODE of every SDE here is solved exactly from t to
 s < t by the variation-of-constants formula (Lu et al. 2022a, Sec. 3.1, for noise prediction; Lu et al. 2022b,
 DPM-Solver++, for data prediction):
@@ -28,15 +28,14 @@ evaluation.
 from __future__ import annotations
 
 import dataclasses
-import functools
 from typing import ClassVar
 
 import jax
 import jax.numpy as jnp
-from jax import lax
+import numpy as np
 
 from scoresde.samplers.base import FixedStepSampler, per_example, require, scan_grid
-from scoresde.sde import SDE, ScoreFn
+from scoresde.sde import SDE, ScoreFn, array_namespace
 
 Array = jax.Array
 
@@ -47,17 +46,14 @@ Array = jax.Array
 LOWER_ORDER_FINAL_BELOW = 15
 
 
-def half_log_snr(sde: SDE, t: Array) -> Array:
-    """lambda(t) = log(alpha(t) / sigma(t)), the time variable of DPM-Solver (Lu et al. 2022a, Sec. 3.1)."""
-    return 0.5 * sde.log_snr(t)
-
-
 def exp_moments(h: Array, k: int) -> Array:
-    """mu_m = int_0^1 h e^{-h(1-u)} u^m du, m < k: mu_0 = 1 - e^{-h}, mu_m = 1 - m mu_{m-1} / h (by parts)."""
-    mu = [-jnp.expm1(-h)]
+    """mu_m = int_0^1 h e^{-h(1-u)} u^m du, m < k: [..., k] for h: [...]; mu_0 = 1 - e^{-h},
+    mu_m = 1 - m mu_{m-1} / h (by parts)."""
+    xp = array_namespace(h)
+    mu = [-xp.expm1(-h)]
     for m in range(1, k):
         mu.append(1.0 - m * mu[-1] / h)
-    return jnp.stack(mu)
+    return xp.stack(mu, axis=-1)
 
 
 def multistep_moments(h: Array, k: int) -> Array:
@@ -70,19 +66,21 @@ def multistep_moments(h: Array, k: int) -> Array:
     moments are exact, and with them the B(h) of UniPC cancels.
     """
     mu = exp_moments(h, k)
-    return mu.at[1].set(0.5 * mu[0]) if k == 2 else mu
+    return array_namespace(h).stack([mu[..., 0], 0.5 * mu[..., 0]], axis=-1) if k == 2 else mu
 
 
 def integration_weights(h: Array, nodes: Array, moments=exp_moments) -> Array:
-    """Weights w: [k], sum_j w_j p(r_j) = int_0^1 h e^{-h(1-u)} p(u) du for all polynomials p of degree < k.
+    """Weights w: [..., k], sum_j w_j p(r_j) = int_0^1 h e^{-h(1-u)} p(u) du for all polynomials p of degree
+    < k.
 
-    nodes: [k] distinct r_j, positions in units of the step h relative to its start (r = 0). Solving the
-    Vandermonde system sum_j w_j r_j^m = mu_m, m < k, integrates the Lagrange interpolant of the values at the
-    nodes exactly against the exponential weight. `moments(h, k)` gives the mu_m.
+    h: [...] step sizes; nodes: [..., k] distinct r_j, positions in units of the step h relative to its start
+    (r = 0). Solving the Vandermonde system sum_j w_j r_j^m = mu_m, m < k, integrates the Lagrange interpolant
+    of the values at the nodes exactly against the exponential weight. `moments(h, k)` gives the mu_m.
     """
-    k = nodes.shape[0]
-    vandermonde = nodes[None, :] ** jnp.arange(k)[:, None]
-    return jnp.linalg.solve(vandermonde, moments(h, k))
+    xp = array_namespace(h, nodes)
+    k = nodes.shape[-1]
+    vandermonde = nodes[..., None, :] ** np.arange(k)[:, None]
+    return xp.linalg.solve(vandermonde, moments(h, k)[..., None])[..., 0]
 
 
 def exponential_update(sde: SDE, x: Array, t: Array, s: Array, weights: Array, x0s: Array) -> Array:
@@ -113,7 +111,7 @@ class DDIM(FixedStepSampler):
         super().__post_init__()
         require(0 <= self.eta <= 1, f"DDIM: eta must lie in [0, 1]; got eta={self.eta!r}.")
 
-    def solve(self, key, sde, score_fn, x, eps, axis_name=None):
+    def solve_grid(self, key, sde, score_fn, x, ts, axis_name=None):
         def step(x, i, t, s):
             x0 = sde.data_prediction(score_fn, x, per_example(t, x))
             eps_hat = (x - sde.alpha(t) * x0) / sde.sigma(t)
@@ -124,55 +122,90 @@ class DDIM(FixedStepSampler):
                 x = x + c * jax.random.normal(jax.random.fold_in(key, i), x.shape, x.dtype)
             return x
 
-        return scan_grid(step, x, self.grid(sde, eps)), jnp.asarray(self.nfe(), jnp.int32)
+        return scan_grid(step, x, ts)
 
 
-def _padded_weights(h: Array, nodes: Array, k: int) -> Array:
-    """Multistep weights on the first k nodes, zero for the rest: every order has the same output shape."""
-    return jnp.zeros_like(nodes).at[:k].set(integration_weights(h, nodes[:k], multistep_moments))
+def step_orders(num_steps: int, order: int) -> list[int]:
+    """k_i = min(order, i + 1) nodes at step i, and min(k_i, N - i) over the final steps of grids shorter than
+    LOWER_ORDER_FINAL_BELOW."""
+    orders = [min(order, i + 1) for i in range(num_steps)]
+    if num_steps >= LOWER_ORDER_FINAL_BELOW:
+        return orders
+    return [min(k, num_steps - i) for i, k in enumerate(orders)]
 
 
-def _weights(h: Array, nodes: Array, k: Array, k_min: int) -> Array:
-    """Multistep weights on the first k nodes, k traced in [k_min, len(nodes)]: one branch per static size."""
-    branches = [functools.partial(_padded_weights, k=j) for j in range(k_min, nodes.shape[0] + 1)]
-    return lax.switch(k - k_min, branches, h, nodes)
+def _step_weights(lam: Array, orders: list[int], width: int, corrector: bool) -> Array:
+    """Multistep weights of every step: [N, width], zero past each step's k_i nodes (k_i + 1 with
+    `corrector`).
+
+    Node j of step i is lambda_{i-j} (j < k_i), at r = (lambda_{i-j} - lambda_i) / h_i; the corrector puts the
+    new point, r = 1, first. Runs of steps with the same order are solved as one batch.
+    """
+    xp = array_namespace(lam)
+    h = lam[1:] - lam[:-1]
+    rows, i = [], 0
+    while i < len(orders):
+        k, j = orders[i], i
+        while j < len(orders) and orders[j] == k:
+            j += 1
+        steps = np.arange(i, j)
+        nodes = (lam[steps[:, None] - np.arange(k)] - lam[steps][:, None]) / h[steps][:, None]
+        if corrector:
+            nodes = xp.concatenate([xp.ones_like(nodes[:, :1]), nodes], axis=1)
+        w = integration_weights(h[steps], nodes, multistep_moments)
+        rows.append(xp.concatenate([w, xp.zeros((j - i, width - w.shape[1]), w.dtype)], axis=1))
+        i = j
+    return xp.concatenate(rows, axis=0)
+
+
+def multistep_coefficients(sde: SDE, ts: Array, order: int, corrector: bool) -> dict[str, Array]:
+    """Everything the multistep update needs that depends only on the grid ts: [N + 1], computed once.
+
+    ratio: [N] sigma_{i+1} / sigma_i; predict: [N, order] alpha_{i+1} w_ij, the weights of the last
+    evaluations (most recent first); correct: [N, order + 1] the same for the corrector, the new evaluation
+    first. From a numpy grid everything is computed on the host in float64; from a traced one (when a grid is
+    fitted), in JAX.
+    """
+    lam = sde.half_log_snr(ts)
+    alpha = sde.alpha(ts[1:])[:, None]
+    orders = step_orders(ts.shape[0] - 1, order)
+    coefficients = {"ratio": sde.sigma(ts[1:]) / sde.sigma(ts[:-1]),
+                    "predict": alpha * _step_weights(lam, orders, order, False)}
+    if corrector:
+        coefficients["correct"] = alpha * _step_weights(lam, orders, order + 1, True)
+    return coefficients
 
 
 def multistep(sde: SDE, score_fn: ScoreFn, x: Array, ts: Array, order: int, corrector: bool) -> Array:
     """The multistep exponential integrator shared by DPM-Solver++ and UniPC; one x0 evaluation per step.
 
-    Step i from t_i to t_{i+1} predicts with the last k_i = min(order, i + 1) evaluations of x0 (fewer over
-    the final steps of short grids). With `corrector` (UniC), x0 at the predicted point is then used as one
-    more node to redo the step; the corrected point is kept, the evaluation at the predicted one is reused by
-    the next step (Zhao et al. 2023, UniPC). The last step only predicts, since its correction would cost an
-    evaluation.
+    Step i from t_i to t_{i+1} predicts
+    x_{i+1} = (sigma_{i+1} / sigma_i) x_i + alpha_{i+1} sum_j w_ij x0_{i-j} with the last k_i evaluations of
+    x0 (`step_orders`). With `corrector` (UniC), x0 at the predicted point is then used as one more node to
+    redo the step; the corrected point is kept, the evaluation at the predicted one is reused by the next step
+    (Zhao et al. 2023, UniPC). The last step only predicts, since its correction would cost an evaluation.
+    The weights depend on the grid alone, so they are computed before the loop (`multistep_coefficients`),
+    which is left with the score calls and a few axpys.
     """
+    coefficients = multistep_coefficients(sde, ts, order, corrector)
+    c = {name: jnp.asarray(v, x.dtype) for name, v in coefficients.items()}
     n = ts.shape[0] - 1
 
-    def order_at(i):
-        k = jnp.minimum(order, i + 1)
-        return jnp.minimum(k, n - i) if n < LOWER_ORDER_FINAL_BELOW else k
-
-    def predict(x, x0s, nodes_lam, i, t, s):
-        h = half_log_snr(sde, s) - half_log_snr(sde, t)
-        nodes = (nodes_lam - half_log_snr(sde, t)) / h
-        return exponential_update(sde, x, t, s, _weights(h, nodes, order_at(i), 1), x0s), h, nodes
+    def predict(x, x0s, i):
+        return c["ratio"][i] * x + jnp.tensordot(c["predict"][i], x0s, axes=1)
 
     def step(carry, i, t, s):
-        x, x0s, nodes_lam = carry
-        x_next, h, nodes = predict(x, x0s, nodes_lam, i, t, s)
+        x, x0s = carry
+        x_next = predict(x, x0s, i)
         x0_next = sde.data_prediction(score_fn, x_next, per_example(s, x))
         if corrector:
-            all_x0s = jnp.concatenate([x0_next[None], x0s])
-            weights = _weights(h, jnp.concatenate([jnp.ones((1,), h.dtype), nodes]), order_at(i) + 1, 2)
-            x_next = exponential_update(sde, x, t, s, weights, all_x0s)
-        push = lambda history, new: jnp.concatenate([new[None], history[:-1]])
-        return x_next, push(x0s, x0_next), push(nodes_lam, half_log_snr(sde, s))
+            w = c["correct"][i]
+            x_next = c["ratio"][i] * x + w[0] * x0_next + jnp.tensordot(w[1:], x0s, axes=1)
+        return x_next, jnp.concatenate([x0_next[None], x0s[:-1]])
 
-    x0 = sde.data_prediction(score_fn, x, per_example(ts[0], x))
-    carry = (x, jnp.stack([x0] * order), jnp.full((order,), half_log_snr(sde, ts[0])))
-    x, x0s, nodes_lam = scan_grid(step, carry, ts[:-1])
-    return predict(x, x0s, nodes_lam, n - 1, ts[-2], ts[-1])[0]
+    x0 = sde.data_prediction(score_fn, x, per_example(jnp.asarray(ts[0], x.dtype), x))
+    x, x0s = scan_grid(step, (x, jnp.stack([x0] * order)), ts[:-1])
+    return predict(x, x0s, n - 1)
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -194,9 +227,8 @@ class _Multistep(FixedStepSampler):
     def min_steps(self) -> int:
         return self.order
 
-    def solve(self, key, sde, score_fn, x, eps, axis_name=None):
-        x = multistep(sde, score_fn, x, self.grid(sde, eps), self.order, corrector=self.CORRECTOR)
-        return x, jnp.asarray(self.nfe(), jnp.int32)
+    def solve_grid(self, key, sde, score_fn, x, ts, axis_name=None):
+        return multistep(sde, score_fn, x, ts, self.order, corrector=self.CORRECTOR)
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)

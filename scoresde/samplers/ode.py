@@ -35,16 +35,11 @@ class Euler(FixedStepSampler):
     num_steps: int = 100
     schedule: str = "uniform"
 
-    def solve(self, key, sde, score_fn, x, eps, axis_name=None):
+    def solve_grid(self, key, sde, score_fn, x, ts, axis_name=None):
         def step(x, i, t, s):
             return x + (s - t) * sde.probability_flow(score_fn, x, per_example(t, x))
 
-        return scan_grid(step, x, self.grid(sde, eps)), jnp.asarray(self.nfe(), jnp.int32)
-
-
-def noise_level(sde: SDE, t: Array) -> Array:
-    """The EDM noise level sigma~ = sigma(t) / alpha(t) = exp(-lambda(t) / 2) (Karras et al. 2022, Sec. 2)."""
-    return jnp.exp(-0.5 * sde.log_snr(t))
+        return scan_grid(step, x, ts)
 
 
 def edm_denoiser(sde: SDE, score_fn: ScoreFn, x_scaled: Array, t: Array) -> Array:
@@ -89,23 +84,24 @@ class Heun(FixedStepSampler):
     def nfe(self) -> int:
         return 2 * self.num_steps - 1
 
-    def solve(self, key, sde, score_fn, x, eps, axis_name=None):
-        gamma_max = min(self.s_churn / self.num_steps, math.sqrt(2.0) - 1.0)
+    def solve_grid(self, key, sde, score_fn, x, ts, axis_name=None):
+        num_steps = ts.shape[0] - 1
+        gamma_max = min(self.s_churn / num_steps, math.sqrt(2.0) - 1.0)
         denoise = lambda x, t: edm_denoiser(sde, score_fn, x, t)
 
         def churn(x, i, t):
             """Raises the noise level to sigma^ = (1 + gamma) sigma~ by fresh noise; returns x^, t(sigma^)."""
-            sigma = noise_level(sde, t)
+            sigma = sde.edm_sigma(t)
             gamma = jnp.where((self.s_tmin <= sigma) & (sigma <= self.s_tmax), gamma_max, 0.0)
             noise = self.s_noise * jax.random.normal(jax.random.fold_in(key, i), x.shape, x.dtype)
             # sqrt(sigma^2 - sigma~^2), written so that gamma = 0 gives exactly 0 (no negative round-off).
             x_hat = x + sigma * jnp.sqrt(gamma * (2.0 + gamma)) * noise
-            return x_hat, sde.t_from_log_snr(sde.log_snr(t) - 2.0 * jnp.log1p(gamma))
+            return x_hat, sde.t_from_edm_sigma((1.0 + gamma) * sigma).astype(t.dtype)
 
         def step(x, i, t, s, correct=True):
             # Without churn, no noise is drawn: the RNG would cost as much as a cheap score evaluation.
             x_hat, t_hat = churn(x, i, t) if gamma_max > 0 else (x, t)
-            sigma_hat, sigma_next = noise_level(sde, t_hat), noise_level(sde, s)
+            sigma_hat, sigma_next = sde.edm_sigma(t_hat), sde.edm_sigma(s)
             d = (x_hat - denoise(x_hat, t_hat)) / sigma_hat
             x_next = x_hat + (sigma_next - sigma_hat) * d
             if correct:
@@ -113,11 +109,11 @@ class Heun(FixedStepSampler):
                 x_next = x_hat + (sigma_next - sigma_hat) * 0.5 * (d + d_next)
             return x_next
 
-        ts = self.grid(sde, eps)
+        ts = jnp.asarray(ts, x.dtype)
         x = x / sde.alpha(ts[0])
         x = scan_grid(step, x, ts[:-1])
-        x = step(x, self.num_steps - 1, ts[-2], ts[-1], correct=False)
-        return sde.alpha(ts[-1]) * x, jnp.asarray(self.nfe(), jnp.int32)
+        x = step(x, num_steps - 1, ts[-2], ts[-1], correct=False)
+        return sde.alpha(ts[-1]) * x
 
 
 def check_tolerances(rtol: float, atol: float, where: str) -> None:

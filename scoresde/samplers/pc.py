@@ -170,6 +170,5 @@ class PC(FixedStepSampler):
         per_step = PREDICTORS[self.predictor][1] + self.n_corrector_steps * CORRECTORS[self.corrector][1]
         return self.num_steps * per_step
 
-    def solve(self, key, sde, score_fn, x, eps, axis_name=None):
-        x = scan_grid(self.step_fn(key, sde, score_fn, axis_name), x, self.grid(sde, eps))
-        return x, jnp.asarray(self.nfe(), jnp.int32)
+    def solve_grid(self, key, sde, score_fn, x, ts, axis_name=None):
+        return scan_grid(self.step_fn(key, sde, score_fn, axis_name), x, ts)
