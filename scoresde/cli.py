@@ -188,7 +188,7 @@ def eval_verb() -> None:
         x, nfe = draw(state.ema_params, key)
         results["sampling_nfe"] = nfe
         if not dataset.is_image:
-            results.update(evaluation.point_metrics(key, x, dataset.test))
+            results.update(evaluation.point_metrics(key, x, dataset))
         elif dataset.test_labels is not None:
             results.update(evaluation.image_metrics(evaluation.DigitsScorer.build(dataset), x))
     if config.enable_bpd:

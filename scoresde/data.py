@@ -30,7 +30,7 @@ import numpy as np
 from flax import struct
 from PIL import Image
 
-from scoresde import toy
+from scoresde import toy2d
 
 ArrayT = TypeVar("ArrayT")
 
@@ -283,10 +283,10 @@ def _match_channels(x: np.ndarray, num_channels: int, source: str) -> np.ndarray
 
 
 def _load_toy(config: DataConfig) -> Dataset:
-    """Fixed finite samples of a 2-D toy distribution from `scoresde.toy`: [num_train, 2], [num_test, 2]."""
+    """Fixed finite samples of a 2-D toy distribution from `scoresde.toy2d`: [num_train, 2], [num_test, 2]."""
     key = jax.random.PRNGKey(config.seed)
-    train = toy.sample_toy(config.dataset, jax.random.fold_in(key, _TOY_TRAIN_STREAM), config.num_train)
-    test = toy.sample_toy(config.dataset, jax.random.fold_in(key, _TOY_TEST_STREAM), config.num_test)
+    train = toy2d.sample_toy(config.dataset, jax.random.fold_in(key, _TOY_TRAIN_STREAM), config.num_train)
+    test = toy2d.sample_toy(config.dataset, jax.random.fold_in(key, _TOY_TEST_STREAM), config.num_test)
     return Dataset(
         name=config.dataset,
         train=np.asarray(train),
@@ -453,11 +453,7 @@ def build_dataset(config: DataConfig) -> Dataset:
         or array at fault.
     """
     loaders = {
-        "checkerboard": _load_toy,
-        "swiss_roll": _load_toy,
-        "two_moons": _load_toy,
-        "rings": _load_toy,
-        "eight_gaussians": _load_toy,
+        **{name: _load_toy for name in toy2d.TOY_NAMES},
         "digits": _load_digits,
         "image_folder": _load_image_folder,
         "npz": _load_npz,

@@ -5,13 +5,20 @@ comes with the value real data reaches against the same held-out set, so a figur
 what a perfect model would score:
 
 * 2-D points: sliced Wasserstein distance (Bonneel et al. 2015) and MMD (Gretton et al. 2012) of n samples to
-  n held-out points, beside the same between two disjoint held-out sets of n;
+  n held-out points, beside the same between two disjoint held-out sets of n. Both compare whole point clouds
+  and average over them, so a sample set that matches the data's mean and spread but smears its fine structure
+  (a checkerboard's cells, a ring's width) scores nearly as well as one that reproduces it. For the toys whose
+  density is known (`scoresde.toy2d`), the figures that see that structure come beside them: the share of
+  samples inside the support and, where the toy has several modes, mode coverage: the share of modes that
+  receive at least `COVERAGE_FRACTION` of the n / K samples they would under the data;
 * labelled images (digits): a small classifier trained on the training split
   (`metrics.train_digits_classifier`) scores the samples' confidence, class-histogram entropy and Fréchet
   distance to the test images in its feature space (the FID recipe of Heusel et al. 2017 with a digits
   network), beside the same for n training images;
 * likelihood: probability-flow log-likelihood (Song et al. 2021, App. D.2) in nats per point, or bits/dim of
-  images dequantized uniformly (Theis et al. 2016).
+  images dequantized uniformly (Theis et al. 2016). For a known toy, beside the model's NLL of the test points
+  comes their NLL under the data's own density, whose expectation is the toy's differential entropy: the
+  lowest NLL any model can reach in expectation (Gibbs' inequality).
 """
 
 from __future__ import annotations
@@ -23,10 +30,12 @@ import jax
 import numpy as np
 
 from scoresde import data as data_lib
-from scoresde import likelihood, metrics
+from scoresde import likelihood, metrics, toy2d
 
 Array = jax.Array
 Figures = dict[str, float]
+
+COVERAGE_FRACTION = 0.5
 
 
 def point_distances(key: Array, x: np.ndarray, held_out: np.ndarray) -> Figures:
@@ -35,26 +44,51 @@ def point_distances(key: Array, x: np.ndarray, held_out: np.ndarray) -> Figures:
             "mmd": float(metrics.mmd(x, held_out))}
 
 
+def support_metrics(toy: toy2d.Toy, x: np.ndarray) -> Figures:
+    """The share of points x: [n, 2] inside the toy's support and, for a toy of K > 1 modes, the share of
+    modes holding at least COVERAGE_FRACTION * n / K of them."""
+    modes = toy.mode_of(np.asarray(x))
+    figures = {"in_support": float(np.mean(modes >= 0))}
+    if toy.num_modes > 1:
+        counts = np.bincount(modes[modes >= 0], minlength=toy.num_modes)
+        figures["mode_coverage"] = float(np.mean(counts >= COVERAGE_FRACTION * len(x) / toy.num_modes))
+    return figures
+
+
+def point_figures(key: Array, x: np.ndarray, held_out: np.ndarray, toy: toy2d.Toy | None) -> Figures:
+    """`point_distances` of x to the held-out points, and the `support_metrics` of x for a known toy."""
+    return {**point_distances(key, x, held_out), **(support_metrics(toy, x) if toy else {})}
+
+
 def point_scorer(
-    key: Array, test: np.ndarray, num_samples: int
+    key: Array, dataset: data_lib.Dataset, num_samples: int
 ) -> tuple[Callable[[np.ndarray], Figures], Figures, int]:
     """Scores up to num_samples points against n = min(num_samples, len(test) // 2) held-out points.
 
-    Returns (samples -> `point_distances` of their first n to the first n test points; the same distances for
-    the next n test points, the floor exact samples would reach; n). Build once, score any number of sets.
+    Returns (samples -> `point_figures` of their first n against the first n test points; the same figures of
+    the next n test points, what exact samples score; n). Build once, score any number of sets. The support
+    figures need the dataset to be one of `toy2d.TOYS`; other point sets get the distances only.
     """
+    test, toy = dataset.test, toy2d.TOYS.get(dataset.name)
     n = min(num_samples, len(test) // 2)
     held_out, other = test[:n], test[n:2 * n]
     k_model, k_floor = jax.random.split(key)
-    score = lambda samples: point_distances(k_model, np.asarray(samples)[:n], held_out)
-    return score, point_distances(k_floor, other, held_out), n
+    score = lambda samples: point_figures(k_model, np.asarray(samples)[:n], held_out, toy)
+    return score, point_figures(k_floor, other, held_out, toy), n
 
 
-def point_metrics(key: Array, samples: np.ndarray, test: np.ndarray) -> Figures:
-    """`point_scorer`'s figures for samples, beside its floors (`_held_out`), and the n compared."""
-    score, floors, n = point_scorer(key, test, len(samples))
+def point_metrics(key: Array, samples: np.ndarray, dataset: data_lib.Dataset) -> Figures:
+    """`point_scorer`'s figures for samples, beside what held-out data scores (`_held_out`), the n compared
+    and, for a known toy, its differential entropy with a bound on that number's error."""
+    score, floors, n = point_scorer(key, dataset, len(samples))
     return {**score(samples), **{f"{name}_held_out": value for name, value in floors.items()},
-            "num_samples": n}
+            "num_samples": n, **entropy_figures(dataset)}
+
+
+def entropy_figures(dataset: data_lib.Dataset) -> Figures:
+    """A known toy's differential entropy in nats and a bound on that number's error; {} for other data."""
+    toy = None if dataset.is_image else toy2d.TOYS.get(dataset.name)
+    return dict(zip(("entropy_nats", "entropy_error_nats"), toy.entropy())) if toy else {}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -104,6 +138,9 @@ def likelihood_fn(
 ) -> LikelihoodFn:
     """(params, key, x in the model's range) -> mean NLL in nats per point or bits/dim of images; jitted once.
 
+    For the points of a known toy (`toy2d.TOYS`) the figures also hold `nll_nats_true`, the mean NLL of x
+    under the toy's own density: what a perfect model scores on the same points.
+
     Args:
       objective: the run's `scoresde.objective.Objective` (its SDE and score parametrization).
       dataset: sets the unit (images: bits/dim over the data range) and the default divergence estimator
@@ -118,10 +155,13 @@ def likelihood_fn(
         score_fn = objective.score_fn(params)
         return likelihood.log_likelihood(key, objective.sde, score_fn, x, divergence=divergence)
 
+    toy = None if dataset.is_image else toy2d.TOYS.get(dataset.name)
+
     def figures(params, key, x) -> Figures:
         logp, nfe = log_likelihood(params, key, x)
         if not dataset.is_image:
-            return {"nll_nats": float(-np.mean(logp)), "likelihood_nfe": int(nfe)}
+            true = {"nll_nats_true": float(-np.mean(toy.log_prob(x)))} if toy else {}
+            return {"nll_nats": float(-np.mean(logp)), **true, "likelihood_nfe": int(nfe)}
         bpd = likelihood.bits_per_dim(logp, x.shape[1:], data_range=data_range)
         return {"bits_per_dim": float(np.mean(bpd)), "likelihood_nfe": int(nfe)}
 

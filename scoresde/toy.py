@@ -1,4 +1,4 @@
-"""Exact-score oracle and 2-D toy distributions.
+"""Exact-score oracle: Gaussian mixtures, whose every marginal has a closed-form density and score.
 
 A Gaussian mixture stays a Gaussian mixture under every linear forward SDE: component k of p_t is
 N(alpha(t) mu_k, alpha(t)^2 Sigma_k + sigma(t)^2 I). Its log density and score are therefore closed-form at
@@ -202,67 +202,3 @@ def build_problem(name: str) -> GaussianMixture:
             "or a path to a mixture .npz."
         )
     return problems[name]()
-
-
-# ----- 2-D toy datasets (samples only; no closed-form score) -----
-
-
-def _checkerboard(key: Array, n: int) -> Array:
-    k1, k2, k3 = jax.random.split(key, 3)
-    x1 = jax.random.uniform(k1, (n,), minval=-2.0, maxval=2.0)
-    x2 = jax.random.uniform(k2, (n,), minval=0.0, maxval=1.0) + 2.0 * jax.random.randint(k3, (n,), -2, 2)
-    x2 = x2 + jnp.floor(x1) % 2
-    return jnp.stack([x1, x2], axis=1)
-
-
-def _swiss_roll(key: Array, n: int) -> Array:
-    k1, k2 = jax.random.split(key)
-    u = 1.5 * jnp.pi * (1.0 + 2.0 * jax.random.uniform(k1, (n,)))
-    x = jnp.stack([u * jnp.cos(u), u * jnp.sin(u)], axis=1) / 5.0
-    return x + 0.1 * jax.random.normal(k2, (n, 2))
-
-
-def _two_moons(key: Array, n: int) -> Array:
-    k1, k2, k3 = jax.random.split(key, 3)
-    u = jnp.pi * jax.random.uniform(k1, (n,))
-    upper = jax.random.bernoulli(k2, 0.5, (n,))
-    x = jnp.where(
-        upper[:, None],
-        jnp.stack([jnp.cos(u), jnp.sin(u)], axis=1),
-        jnp.stack([1.0 - jnp.cos(u), 0.5 - jnp.sin(u)], axis=1),
-    )
-    return (x - jnp.array([0.5, 0.25])) * 1.5 + 0.08 * jax.random.normal(k3, (n, 2))
-
-
-def _rings(key: Array, n: int) -> Array:
-    k1, k2, k3 = jax.random.split(key, 3)
-    radius = 0.75 * (1.0 + jax.random.randint(k1, (n,), 0, 4))
-    u = 2.0 * jnp.pi * jax.random.uniform(k2, (n,))
-    return (
-        radius[:, None] * jnp.stack([jnp.cos(u), jnp.sin(u)], axis=1)
-        + 0.08 * jax.random.normal(k3, (n, 2))
-    )
-
-
-def _eight_gaussians(key: Array, n: int) -> Array:
-    k1, k2 = jax.random.split(key)
-    angle = 2.0 * jnp.pi * jax.random.randint(k1, (n,), 0, 8) / 8.0
-    centres = 2.0 * jnp.stack([jnp.cos(angle), jnp.sin(angle)], axis=1)
-    return centres + 0.1 * jax.random.normal(k2, (n, 2))
-
-
-_TOY_SAMPLERS = {
-    "checkerboard": _checkerboard,
-    "swiss_roll": _swiss_roll,
-    "two_moons": _two_moons,
-    "rings": _rings,
-    "eight_gaussians": _eight_gaussians,
-}
-TOY_NAMES = tuple(sorted(_TOY_SAMPLERS))
-
-
-def sample_toy(name: str, key: Array, n: int) -> Array:
-    """n draws from a named 2-D toy distribution: [n, 2] float32. Names: see `TOY_NAMES`."""
-    if name not in _TOY_SAMPLERS:
-        raise ValueError(f"unknown toy dataset {name!r}; valid names: {list(TOY_NAMES)}.")
-    return _TOY_SAMPLERS[name](key, n).astype(jnp.float32)

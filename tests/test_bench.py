@@ -3,6 +3,7 @@
 import dataclasses
 import functools
 import json
+import math
 import pathlib
 import re
 import subprocess
@@ -188,9 +189,12 @@ def test_trained_model_leaderboard(trained_workdir, tmp_path):
     # Floors: the held-out figures of `scoresde eval` (same key split), computed once.
     experiment, _ = experiment_lib.restore(trained_workdir)
     k_score = jax.random.split(jax.random.PRNGKey(0), 4)[1]
-    eval_figures = evaluation.point_metrics(k_score, experiment.dataset.test, experiment.dataset.test)
-    assert case["floors"] == pytest.approx({"sliced_wasserstein": eval_figures["sliced_wasserstein_held_out"],
-                                            "mmd": eval_figures["mmd_held_out"]})
+    eval_figures = evaluation.point_metrics(k_score, experiment.dataset.test, experiment.dataset)
+    held_out = {name.removesuffix("_held_out"): value for name, value in eval_figures.items()
+                if name.endswith("_held_out")}
+    assert set(held_out) == {"sliced_wasserstein", "mmd", "in_support", "mode_coverage"}
+    assert case["floors"] == pytest.approx(held_out)
+    assert case["model"]["entropy_nats"] == eval_figures["entropy_nats"] == pytest.approx(math.log(16))
     assert case["reference"]["figures"]["pathwise"] == 0.0 and case["model"]["test_nll_nats"] > 0
     records = {(r["sampler"], r["nfe_target"]): r for r in payload["records"]}
     assert [records["heun", n]["nfe"] for n in (8, 16, 64)] == [7, 15, 63]
@@ -201,6 +205,7 @@ def test_trained_model_leaderboard(trained_workdir, tmp_path):
         figures = record["figures"]
         assert (figures["pathwise"] is None) == (record["sampler"] == "pc")
         assert all(np.isfinite(figures[name]) for name in ("sliced_wasserstein", "mmd", "sample_nll_nats"))
+        assert 0 <= figures["in_support"] <= 1 and "sample_nll_nats_true" not in figures
     markdown = (tmp_path / "results.md").read_text()
     floors = "Monte Carlo floors (32 other held-out points against the 32 the samples are compared with)"
     assert floors in markdown

@@ -78,8 +78,10 @@ def test_eval_writes_sample_metrics_and_likelihood(trained, monkeypatch, capsys)
     assert code == 0, err
     results = json.loads((trained / "eval" / "step_4.json").read_text())
     assert results == json.loads(out.strip().splitlines()[-1])
-    for key in ("sliced_wasserstein", "sliced_wasserstein_held_out", "mmd", "mmd_held_out", "test_nll_nats"):
+    for key in ("sliced_wasserstein", "sliced_wasserstein_held_out", "mmd", "mmd_held_out", "test_nll_nats",
+                "in_support", "in_support_held_out", "mode_coverage", "mode_coverage_held_out"):
         assert np.isfinite(results[key]), key
+    assert results["test_nll_nats_true"] == results["entropy_nats"] == pytest.approx(np.log(16))
     assert results["num_samples"] == 32  # half of the 64 held-out points, against the other half
 
 

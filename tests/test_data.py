@@ -7,7 +7,7 @@ import pytest
 from PIL import Image
 from sklearn.datasets import load_digits
 
-from scoresde import toy
+from scoresde import toy2d
 from scoresde.data import (
     DataConfig,
     build_dataset,
@@ -38,7 +38,7 @@ def _gradient_image(height, width, offset=0):
 # ----- toy sets -----
 
 
-@pytest.mark.parametrize("name", toy.TOY_NAMES)
+@pytest.mark.parametrize("name", toy2d.TOY_NAMES)
 def test_toy_sets_are_fixed_unscaled_samples_of_the_toy_module(name):
     config = DataConfig(dataset=name, num_train=300, num_test=50, seed=3, centered=True)
     dataset = build_dataset(config)
@@ -351,7 +351,7 @@ def test_npz_image_size_mismatch_is_named(tmp_path):
 def test_unknown_dataset_lists_the_valid_names():
     with pytest.raises(ValueError, match="unknown dataset 'cifar10'") as raised:
         build_dataset(DataConfig(dataset="cifar10"))
-    for name in ("checkerboard", "digits", "image_folder", "npz", *toy.TOY_NAMES):
+    for name in ("checkerboard", "digits", "image_folder", "npz", *toy2d.TOY_NAMES):
         assert repr(name) in str(raised.value)
 
 

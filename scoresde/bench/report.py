@@ -24,6 +24,8 @@ FIGURE_TITLES = {
     "pathwise": "pathwise error",
     "sliced_wasserstein": "sliced W2",
     "mmd": "MMD",
+    "in_support": "in support",
+    "mode_coverage": "mode coverage",
     "frechet_distance": "Fréchet distance",
     "sample_confidence": "confidence",
     "sample_class_entropy": "class entropy",

@@ -2,7 +2,8 @@
 
 Where the exact-score leaderboard isolates solver error, this one shows what a sampler delivers with a real
 network: every sampler x NFE starts from the same x_T and is scored by `scoresde.evaluation` against
-held-out data (2-D sets: sliced Wasserstein and MMD; digits: a classifier's confidence and Fréchet distance),
+held-out data (2-D sets: sliced Wasserstein and MMD, and for the toys of `scoresde.toy2d` the share of samples
+in the support and mode coverage; digits: a classifier's confidence and Fréchet distance),
 each beside the value real data reaches, and by the pathwise distance to a tight RK45 solve of the learnt
 probability-flow ODE. Optionally, the model's own likelihood of the samples (bits/dim of images, nats of
 points) shows which samplers produce what the model considers typical.
@@ -63,6 +64,10 @@ class TrainedBench:
         require(self.reference_tol > 0, f"reference_tol must be positive; got {self.reference_tol}.")
 
 
+# The model's own likelihood figures of its samples (not the data density's NLL of them, which is infinite for
+# a checkerboard sample outside the cells).
+MODEL_LIKELIHOODS = ("nll_nats", "bits_per_dim")
+
 # A small grid for `--quick`: under a minute on two CPU cores for the toy configs.
 QUICK = TrainedBench(samplers=("euler", "dpm_solver_pp", "pc"), nfes=(10, 50), num_samples=500,
                      likelihood_samples=0, repeats=1)
@@ -75,8 +80,9 @@ def sample_scorer(experiment: experiment_lib.Experiment, key: Array, num_samples
     require(len(dataset.test) > 0, "scoring samples needs held-out data, and this run has none "
                                    "(data.test_fraction is 0).")
     if not dataset.is_image:
-        score, floors, n = evaluation.point_scorer(key, dataset.test, num_samples)
-        return score, floors, f"{n} other held-out points against the {n} the samples are compared with", {}
+        score, floors, n = evaluation.point_scorer(key, dataset, num_samples)
+        floors_from = f"{n} other held-out points against the {n} the samples are compared with"
+        return score, floors, floors_from, evaluation.entropy_figures(dataset)
     require(dataset.test_labels is not None,
             f"dataset {dataset.name!r} has no labels, so no classifier can score its samples.")
     scorer = evaluation.DigitsScorer.build(dataset)
@@ -105,7 +111,7 @@ def trained_case(experiment: experiment_lib.Experiment, params, settings: Traine
         if likelihood:
             sample_figures = likelihood(params, k_likelihood, x[:n_lik])
             figures.update({f"sample_{name}": value for name, value in sample_figures.items()
-                            if name != "likelihood_nfe"})
+                            if name in MODEL_LIKELIHOODS})
         return figures
 
     summary = {
