@@ -176,5 +176,5 @@ def test_checkerboard_config_learns_to_within_twice_the_held_out_distance(tmp_pa
     experiment = _experiment(tiny_runs.load("toy/checkerboard"))
     state = train.run(experiment, tmp_path, progress=False)
     x, _ = experiment_lib.sampling_fn(experiment, 1000)(state.ema_params, jax.random.PRNGKey(0))
-    result = point_metrics(jax.random.PRNGKey(0), x, experiment.dataset.test)
+    result = point_metrics(jax.random.PRNGKey(0), x, experiment.dataset)
     assert result["sliced_wasserstein"] < 2 * result["sliced_wasserstein_held_out"], result
