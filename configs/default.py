@@ -3,7 +3,7 @@
 Sections and field names are the reference implementation's (yang-song/score_sde, configs/), with its defaults
 for CIFAR-10 where it has the field; `scoresde.config` documents each field and converts this ConfigDict into
 typed dataclasses. Fields not in the reference: training.importance_weighting, training.eps,
-training.keep_checkpoints, training.cond_dropout, model.parametrization, model.num_classes, data.path /
+training.keep_checkpoints, training.cond_dropout, training.objective, model.parametrization, model.num_classes, data.path /
 npz_key / label_key / test_fraction / num_train / num_test. The `model` section's keys other than name,
 ema_rate, parametrization, sigma_*, beta_*, num_scales and num_classes are options of the network
 `model.name` (here the MLP's).
@@ -34,6 +34,7 @@ def get_config() -> ml_collections.ConfigDict:
     training.snapshot_sampling = True
     training.keep_checkpoints = 0
     training.cond_dropout = 0.0  # with model.num_classes > 0: the share of labels dropped to the null class
+    training.objective = "score"
 
     config.sampling = sampling = ml_collections.ConfigDict()
     sampling.method = "pc"
@@ -105,4 +106,19 @@ def with_sde(config: ml_collections.ConfigDict, sde: str) -> ml_collections.Conf
         raise ValueError(f"unknown SDE {sde!r}; valid names: {sorted(SDE_CHOICES)}.")
     config.training.sde = sde
     config.model.update(SDE_CHOICES[sde])
+    return config
+
+
+# The model fields that are not options of the network (scoresde.config.ModelConfig).
+MODEL_FIELDS = ("name", "ema_rate", "parametrization", "sigma_min", "sigma_max", "beta_min", "beta_max",
+                "num_scales", "num_classes")
+
+
+def with_network(config: ml_collections.ConfigDict, name: str, **options) -> ml_collections.ConfigDict:
+    """Sets model.name and replaces the network options of the model section with `options`."""
+    model = config.model
+    for key in [k for k in model.keys() if k not in MODEL_FIELDS]:
+        delattr(model, key)
+    model.name = name
+    model.update(options)
     return config

@@ -77,6 +77,9 @@ class TrainingConfig:
       cond_dropout: probability in [0, 1] that a class label is replaced by the null class during training
         (classifier-free guidance, Ho & Salimans 2022); 0 trains the conditional score only. Needs
         model.num_classes > 0 when positive.
+      objective: what the network is trained for: "score" (denoising score matching, the losses above) or
+        "classifier" (cross-entropy of the data's labels at every noise level, for classifier guidance;
+        `scoresde.classifier`).
     """
 
     sde: str
@@ -95,6 +98,7 @@ class TrainingConfig:
     snapshot_sampling: bool
     keep_checkpoints: int
     cond_dropout: float
+    objective: str
 
     def __post_init__(self):
         require(self.batch_size >= 1, f"training.batch_size must be >= 1; got {self.batch_size}.")
@@ -277,6 +281,7 @@ _SECTIONS = {"training": TrainingConfig, "sampling": SamplingConfig, "eval": Eva
 ADDED_KEYS: dict[tuple[str, str], Any] = {
     ("training", "cond_dropout"): 0.0,
     ("model", "num_classes"): 0,
+    ("training", "objective"): "score",
 }
 
 

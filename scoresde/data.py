@@ -283,16 +283,19 @@ def _match_channels(x: np.ndarray, num_channels: int, source: str) -> np.ndarray
 
 
 def _load_toy(config: DataConfig) -> Dataset:
-    """Fixed finite samples of a 2-D toy distribution from `scoresde.toy2d`: [num_train, 2], [num_test, 2]."""
+    """Fixed finite samples of a 2-D toy distribution from `scoresde.toy2d`: [num_train, 2], [num_test, 2],
+    with the toy's labels where it has them (the noisy curves' branch, e.g. eight_gaussians' mode)."""
     key = jax.random.PRNGKey(config.seed)
-    train = toy2d.sample_toy(config.dataset, jax.random.fold_in(key, _TOY_TRAIN_STREAM), config.num_train)
-    test = toy2d.sample_toy(config.dataset, jax.random.fold_in(key, _TOY_TEST_STREAM), config.num_test)
+    train, train_labels = toy2d.sample_toy_labelled(
+        config.dataset, jax.random.fold_in(key, _TOY_TRAIN_STREAM), config.num_train)
+    test, test_labels = toy2d.sample_toy_labelled(
+        config.dataset, jax.random.fold_in(key, _TOY_TEST_STREAM), config.num_test)
     return Dataset(
         name=config.dataset,
         train=np.asarray(train),
         test=np.asarray(test),
-        train_labels=None,
-        test_labels=None,
+        train_labels=None if train_labels is None else np.asarray(train_labels),
+        test_labels=None if test_labels is None else np.asarray(test_labels),
         is_image=False,
         uniform_dequantization=config.uniform_dequantization,
         seed=config.seed,

@@ -23,8 +23,11 @@ from flax import struct
 from scoresde import checkpoint, parallel, plots
 from scoresde import data as data_lib
 from scoresde import workdir as workdir_lib
+from scoresde.classifier import ClassifierObjective, LogProbFn
 from scoresde.config import Config
+from scoresde.models import CLASSIFIERS
 from scoresde.objective import Objective
+from scoresde.samplers.base import require
 from scoresde.optim import build_optimizer
 from scoresde.samplers import Sampler, sample
 from scoresde.samplers.base import require
@@ -38,13 +41,19 @@ class Experiment:
 
     config: Config
     dataset: data_lib.Dataset
-    objective: Objective
+    objective: Objective | ClassifierObjective
     optimizer: optax.GradientTransformation
     sampler: Sampler
 
     @property
     def example_shape(self) -> tuple[int, ...]:
         return tuple(self.dataset.shape)
+
+    @property
+    def snapshots_sample(self) -> bool:
+        """Whether training draws samples at its snapshots: `training.snapshot_sampling`, for a generative
+        objective (a classifier has nothing to sample)."""
+        return self.config.training.snapshot_sampling and self.objective.generative
 
     def init_params(self) -> Any:
         """The network's initial parameters, drawn from the config's seed."""
@@ -73,9 +82,7 @@ class SamplingState:
     ema_params: Any
 
 
-def build_objective(config: Config, *, images: bool) -> Objective:
-    """The network, SDE, parametrization, loss and label dropout a config names; `images`: the data are
-    images."""
+def _score_objective(config: Config, images: bool) -> Objective:
     return Objective(model=config.model.build_model(), sde=config.build_sde(),
                      parametrization=config.model.build_parametrization(), loss=config.build_loss(),
                      center_input=images and not config.data.centered,
@@ -93,6 +100,31 @@ def check_labels(dataset: data_lib.Dataset, num_classes: int) -> None:
     require(labels.min() >= 0 and labels.max() < num_classes,
             f"model.num_classes={num_classes}, but the data's labels lie in [{labels.min()}, "
             f"{labels.max()}]; they must lie in [0, {num_classes}).")
+
+
+def _classifier_objective(config: Config, images: bool) -> ClassifierObjective:
+    return ClassifierObjective(model=config.model.build_model(), sde=config.build_sde(), eps=config.training.eps,
+                               center_input=images and not config.data.centered)
+
+
+# What a network is trained for (`training.objective`).
+_OBJECTIVES = {"score": _score_objective, "classifier": _classifier_objective}
+
+
+def build_objective(config: Config, *, images: bool) -> Objective | ClassifierObjective:
+    """The objective `training.objective` names, with the network, SDE and loss of the config; `images`: the
+    data are images.
+
+    Raises:
+      ValueError: for an unknown objective (listing the valid ones), or a network the objective cannot train
+        (the classifier objective trains `scoresde.models.CLASSIFIERS`, the score objective every other one).
+    """
+    name, network = config.training.objective, config.model.name
+    require(name in _OBJECTIVES, f"unknown training.objective {name!r}; valid names: {sorted(_OBJECTIVES)}.")
+    require((network in CLASSIFIERS) == (name == "classifier"),
+            f"training.objective={name!r} cannot train model.name={network!r}: the classifier objective "
+            f"trains the networks {list(CLASSIFIERS)}, the score objective every other one.")
+    return _OBJECTIVES[name](config, images)
 
 
 def build_optimizer_of(config: Config) -> optax.GradientTransformation:
@@ -140,6 +172,44 @@ def check_class_labels(num_classes: int, labels: np.ndarray) -> None:
                              "(model.num_classes=0).")
     bad = sorted(set(np.asarray(labels).ravel().tolist()) - set(range(num_classes)))
     require(not bad, f"class_label {bad[0]} is outside the trained classes 0 .. {num_classes - 1}.")
+def classifier_log_prob_fn(
+    workdir: pathlib.Path | str, label: int, *, guiding: Experiment | None = None
+) -> LogProbFn:
+    """log p(label | x_t, t) of the classifier run in `workdir` (its newest EMA parameters), as the
+    `log_prob_fn(x: [B, ...], t: [B]) -> [B]` that `scoresde.guidance.classifier_guidance` takes.
+
+    Args:
+      workdir: a run trained with training.objective="classifier".
+      label: the class, in [0, model.num_classes).
+      guiding: the score model's experiment the classifier will guide: it must share the classifier's SDE and
+        see data of the same shape and range.
+
+    Raises:
+      ValueError: if `workdir` holds no classifier run or checkpoint, `label` is out of range, or the
+        classifier does not fit `guiding`.
+    """
+    experiment, state = restore(workdir)
+    objective = experiment.objective
+    require(isinstance(objective, ClassifierObjective),
+            f"{workdir} holds a score model, not a noise-conditional classifier (training.objective="
+            f"{experiment.config.training.objective!r}).")
+    if guiding is not None:
+        _check_guides(experiment, guiding, workdir)
+    return objective.log_prob_fn(state.ema_params, label)
+
+
+def _check_guides(classifier: Experiment, guided: Experiment, workdir: pathlib.Path | str) -> None:
+    """A classifier guides a score model that reverses the same SDE over data of the same shape and range."""
+    def seen(experiment):
+        dataset = experiment.dataset
+        return experiment.example_shape, dataset.is_image and dataset.centered, dataset.is_image
+    require(classifier.objective.sde == guided.objective.sde,
+            f"the classifier in {workdir} was trained on {classifier.objective.sde}, but the model samples "
+            f"{guided.objective.sde}; train it with the same training.sde and SDE parameters.")
+    require(seen(classifier) == seen(guided),
+            f"the classifier in {workdir} sees examples shaped {classifier.example_shape} "
+            f"(data.centered={classifier.dataset.centered}), the model {guided.example_shape} "
+            f"(data.centered={guided.dataset.centered}).")
 
 
 def sampling_fn(

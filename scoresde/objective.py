@@ -57,6 +57,9 @@ class Objective:
         """Classes of a class-conditional network; 0 for an unconditional one."""
         return self.model.num_classes
 
+    # Training draws sample snapshots of a generative model (`Experiment.snapshots_sample`).
+    generative = True
+
     def score_fn(self, params: Any, *, cond: Array | None = None, train: bool = False,
                  rng: Array | None = None) -> ScoreFn:
         """score_fn(x, t) of the network with `params`, closed over its condition.

@@ -41,6 +41,8 @@ import jax.numpy as jnp
 import numpy as np
 import scipy.spatial
 
+from scoresde.toy import GaussianMixture
+
 Array = jax.Array
 # (u: [n] in [0, 1), xp: numpy or jax.numpy) -> points: [n, 2], written once for the sampler (jax) and the
 # density (numpy, float64)
@@ -123,12 +125,26 @@ class NoisyCurves:
         return len(self.curves)
 
     def sample(self, key: Array, n: int) -> Array:
+        return self.sample_labelled(key, n)[0]
+
+    def sample_labelled(self, key: Array, n: int) -> tuple[Array, Array]:
+        """`sample`'s n draws [n, 2] float32 and the branch each was drawn from, its label: [n] int32."""
         k_branch, k_u, k_noise = jax.random.split(key, 3)
         u = jax.random.uniform(k_u, (n,))
         points = jnp.stack([curve(u, jnp) for curve in self.curves])  # [K, n, 2]
         branch = jax.random.randint(k_branch, (n,), 0, self.num_modes)
         x = points[branch, jnp.arange(n)] + self.sigma * jax.random.normal(k_noise, (n, 2))
-        return x.astype(jnp.float32)
+        return x.astype(jnp.float32), branch.astype(jnp.int32)
+
+    def gaussian_mixture(self) -> GaussianMixture:
+        """The exact `toy.GaussianMixture` of constant curves (eight_gaussians): N(c_b, sigma^2 I), equally
+        weighted, component b being the label `sample_labelled` gives; ValueError for curves that move."""
+        ends = [np.asarray(curve(np.array([0.0, 0.5]), np), np.float64) for curve in self.curves]
+        if any(not np.allclose(end[0], end[1]) for end in ends):
+            raise ValueError("only a toy of constant curves (Gaussian modes) is a Gaussian mixture.")
+        covs = np.tile(self.sigma**2 * np.eye(2), (self.num_modes, 1, 1))
+        return GaussianMixture.create(np.full(self.num_modes, 1.0 / self.num_modes),
+                                      np.stack([end[0] for end in ends]), covs)
 
     @functools.cache
     def nodes(self, spacing: float = _NODE_SPACING) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -237,3 +253,10 @@ def build_toy(name: str) -> Toy:
 def sample_toy(name: str, key: Array, n: int) -> Array:
     """n draws from a named 2-D toy distribution: [n, 2] float32. Names: see `TOY_NAMES`."""
     return build_toy(name).sample(key, n)
+
+
+def sample_toy_labelled(name: str, key: Array, n: int) -> tuple[Array, Array | None]:
+    """`sample_toy`'s n draws (the same points) with the branch of each as its label [n] int32 (the noisy
+    curves: eight_gaussians' mode, rings' ring, two_moons' moon), or None (checkerboard)."""
+    toy = build_toy(name)
+    return toy.sample_labelled(key, n) if isinstance(toy, NoisyCurves) else (toy.sample(key, n), None)

@@ -170,8 +170,8 @@ def run(
 
     Writes config.json, checkpoints/ and checkpoints-meta/ (see `scoresde.checkpoint`), metrics.jsonl (one
     JSON object per line: training loss, steps/s and examples/s every log_freq steps; eval_loss of the EMA
-    parameters on a test batch every eval_freq steps) and, with snapshot_sampling, samples/step_<step>.png at
-    every snapshot.
+    parameters on a test batch every eval_freq steps) and, with snapshot_sampling and a generative objective
+    (`Experiment.snapshots_sample`), samples/step_<step>.png at every snapshot.
 
     Raises:
       ValueError: on a batch not divisible by the device count, a workdir holding another config (see
@@ -190,7 +190,7 @@ def run(
     workdir_lib.write_config(workdir, config)
     steps = compile_train_steps(experiment.objective, experiment.optimizer, config.model.ema_rate, mesh)
     eval_loss = jax.jit(lambda params, key, batch: experiment.objective(params, key, batch, train=False))
-    snapshot_samples = sampling_fn(experiment, t.batch_size)
+    snapshot_samples = sampling_fn(experiment, t.batch_size) if experiment.snapshots_sample else None
     step = int(state.step)
     log = _Log(workdir, step, t.n_iters, progress)
     losses = []
@@ -216,13 +216,13 @@ def run(
 
 
 def _checkpoint(experiment: Experiment, workdir: pathlib.Path, checkpoints: checkpoint.Checkpointer,
-                state: TrainState, step: int, snapshot_samples: Callable) -> None:
+                state: TrainState, step: int, snapshot_samples: Callable | None) -> None:
     """Saves a snapshot (with samples) or a preemption checkpoint when `step` is due for one."""
     t = experiment.config.training
     snapshot = step % t.snapshot_freq == 0 or step == t.n_iters
     if snapshot or step % t.snapshot_freq_for_preemption == 0:
         checkpoints.save(step, state, snapshot=snapshot)
-    if snapshot and t.snapshot_sampling:
+    if snapshot and snapshot_samples is not None:
         x, nfe = snapshot_samples(state.ema_params, jax.random.PRNGKey(step))
         (workdir / workdir_lib.SAMPLES_DIR).mkdir(exist_ok=True)
         path = workdir / workdir_lib.SAMPLES_DIR / f"step_{step}.png"

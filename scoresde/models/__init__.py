@@ -1,27 +1,33 @@
-"""Flax score networks and `build_model`, the one place model names resolve."""
+"""Flax score networks, noise-conditional classifiers and `build_model`, the one place model names resolve."""
 
 import dataclasses
 from typing import Any
 
 import flax.linen as nn
 
+from scoresde.models.classifier import ClassifierConvNet, ClassifierMLP
 from scoresde.models.ddpm import DDPM
 from scoresde.models.mlp import ScoreMLP
 from scoresde.models.ncsnpp import NCSNpp
 
-__all__ = ["DDPM", "NCSNpp", "ScoreMLP", "build_model"]
+__all__ = ["CLASSIFIERS", "ClassifierConvNet", "ClassifierMLP", "DDPM", "NCSNpp", "ScoreMLP", "build_model"]
 
 # DDPM++ is NCSN++ with other options (Song et al. 2021, appendix H.1), hence one class for both names.
-_MODELS = {"mlp": ScoreMLP, "ncsnpp": NCSNpp, "ddpmpp": NCSNpp, "ddpm": DDPM}
+_MODELS = {"mlp": ScoreMLP, "ncsnpp": NCSNpp, "ddpmpp": NCSNpp, "ddpm": DDPM,
+           "classifier_mlp": ClassifierMLP, "classifier_conv": ClassifierConvNet}
+# The networks that output class logits [B, num_classes] instead of an array shaped like x.
+CLASSIFIERS = ("classifier_mlp", "classifier_conv")
 
 
 def build_model(name: str, **kwargs: Any) -> nn.Module:
     """Builds a score network by name; options are the model's dataclass fields.
 
-    Every model is called as `model.apply(variables, x, noise_label, train=False, cond=None, rngs=...)` with
-    x: [B, ...], noise_label: [B], and returns an array shaped like x. Every model takes `num_classes`
-    (default 0, unconditional); a class-conditional one takes cond: [B] int labels in [0, num_classes), or
-    None (or the label num_classes) for its unconditional "null" class.
+    Every score network is called as `model.apply(variables, x, noise_label, train=False, cond=None,
+    rngs=...)` with x: [B, ...], noise_label: [B], and returns an array shaped like x. Every score network takes
+    `num_classes` (default 0, unconditional); a class-conditional one takes cond: [B] int labels in
+    [0, num_classes), or None (or the label num_classes) for its unconditional "null" class. The `CLASSIFIERS`
+    are called as `model.apply(variables, x, noise_label, train=False, rngs=...)` and return logits
+    [B, num_classes] (`scoresde.models.classifier`).
 
     Raises:
       ValueError: for an unknown name or option (listing the valid ones), or an invalid option value.
