@@ -57,7 +57,9 @@ class ClassifierObjective:
     def num_classes(self) -> int:
         return self.model.num_classes
 
-    def logits(self, params: Any, x: Array, t: Array, *, train: bool = False, rng: Array | None = None) -> Array:
+    def logits(
+        self, params: Any, x: Array, t: Array, *, train: bool = False, rng: Array | None = None
+    ) -> Array:
         """Logits of the label of x: [B, ...] at time t: [B] (x in the model's range) -> [B, num_classes]."""
         x = 2.0 * x - 1.0 if self.center_input else x
         alpha, sigma = self.sde.alpha(t), self.sde.sigma(t)

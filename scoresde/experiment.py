@@ -27,7 +27,6 @@ from scoresde.classifier import ClassifierObjective, LogProbFn
 from scoresde.config import Config
 from scoresde.models import CLASSIFIERS
 from scoresde.objective import Objective
-from scoresde.samplers.base import require
 from scoresde.optim import build_optimizer
 from scoresde.samplers import Sampler, sample
 from scoresde.samplers.base import require
@@ -103,8 +102,8 @@ def check_labels(dataset: data_lib.Dataset, num_classes: int) -> None:
 
 
 def _classifier_objective(config: Config, images: bool) -> ClassifierObjective:
-    return ClassifierObjective(model=config.model.build_model(), sde=config.build_sde(), eps=config.training.eps,
-                               center_input=images and not config.data.centered)
+    return ClassifierObjective(model=config.model.build_model(), sde=config.build_sde(),
+                               eps=config.training.eps, center_input=images and not config.data.centered)
 
 
 # What a network is trained for (`training.objective`).
@@ -172,6 +171,8 @@ def check_class_labels(num_classes: int, labels: np.ndarray) -> None:
                              "(model.num_classes=0).")
     bad = sorted(set(np.asarray(labels).ravel().tolist()) - set(range(num_classes)))
     require(not bad, f"class_label {bad[0]} is outside the trained classes 0 .. {num_classes - 1}.")
+
+
 def classifier_log_prob_fn(
     workdir: pathlib.Path | str, label: int, *, guiding: Experiment | None = None
 ) -> LogProbFn:

@@ -1,6 +1,6 @@
-"""Tests for the noise-conditional classifier (scoresde/classifier.py, scoresde/models/classifier.py): trained by
-`train.run` from its own configs, it recovers the exact mode posterior of the eight Gaussians under the SDE's
-marginals, and guides the exact mixture score to the chosen mode.
+"""Tests for the noise-conditional classifier (scoresde/classifier.py, scoresde/models/classifier.py): trained
+by `train.run` from its own configs, it recovers the exact mode posterior of the eight Gaussians under the
+SDE's marginals.
 
 One tiny toy classifier is trained per module; the digits network trains a few hundred steps.
 """
@@ -67,7 +67,7 @@ def test_accuracy_on_clean_inputs_beats_chance_and_the_posterior_nears_the_exact
         bayes = float(-jnp.mean(jnp.take_along_axis(exact, labels[:, None], axis=1)))
         if accuracy_floor is not None:
             assert float(jnp.mean(jnp.argmax(log_q, axis=1) == labels)) > accuracy_floor  # chance: 1/8
-        # The exact posterior's cross-entropy is the floor any classifier can reach, log 8 = 2.08 the uniform one.
+        # The exact posterior's cross-entropy is the floor of any classifier; a uniform guess scores log 8.
         assert bayes - 0.02 < nll < bayes + 0.15, (t, nll, bayes)
 
 
@@ -95,8 +95,8 @@ def test_log_prob_fn_is_a_normalised_posterior_with_gradients_shaped_like_x(toy_
 def test_the_digits_classifier_beats_chance_after_a_short_run(tmp_path):
     experiment = build("digits/classifier", **{
         "model.nf": 8, "training.n_iters": 300, "training.batch_size": 32, "training.log_freq": 300,
-        "training.eval_freq": 300, "training.snapshot_freq": 300, "training.snapshot_freq_for_preemption": 300,
-        "optim.warmup": 0})
+        "training.eval_freq": 300, "training.snapshot_freq": 300,
+        "training.snapshot_freq_for_preemption": 300, "optim.warmup": 0})
     state = train.run(experiment, tmp_path / "digits", progress=False)
     x_t, times, labels = perturbed_test_points(experiment, 0.01)
     logits = experiment.objective.logits(state.ema_params, x_t, times)
@@ -106,7 +106,8 @@ def test_the_digits_classifier_beats_chance_after_a_short_run(tmp_path):
 
 @pytest.mark.parametrize("overrides,message", [
     ({"training.objective": "score"}, "training.objective='score' cannot train model.name='classifier_mlp'"),
-    ({"training.objective": "classify"}, "unknown training.objective 'classify'; valid names: ['classifier', "),
+    ({"training.objective": "classify"},
+     "unknown training.objective 'classify'; valid names: ['classifier', "),
     ({"data.dataset": "checkerboard"}, "needs a dataset with labels; 'checkerboard' has none"),
     ({"model.num_classes": 4}, "the data's labels lie in [0, 7]; they must lie in [0, 4)"),
 ])

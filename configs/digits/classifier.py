@@ -30,6 +30,6 @@ def get_config(sde: str = "vpsde"):
     config.optim.lr = 2e-3
     config.optim.warmup = 100
     config.model.num_classes = NUM_CLASSES
-    config.model.ema_rate = 0.99  # a short run: at 0.999 the average would still hold 14% of the initial weights
+    config.model.ema_rate = 0.99  # a short run: at 0.999 the average would keep 14% of the initial weights
     return _default["with_network"](config, "classifier_conv", nf=32, ch_mult=(1, 2),
                                     num_res_blocks=1, dropout=0.0)

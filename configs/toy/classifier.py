@@ -22,5 +22,5 @@ def get_config(sde: str = "vpsde"):
     config.eval.enable_sampling = False
     config.eval.enable_bpd = False
     config.model.num_classes = NUM_CLASSES
-    config.model.ema_rate = 0.99  # a short run: at 0.999 the average would still hold 14% of the initial weights
+    config.model.ema_rate = 0.99  # a short run: at 0.999 the average would keep 14% of the initial weights
     return _default["with_network"](config, "classifier_mlp", width=128, depth=2)

@@ -23,11 +23,11 @@ def build_model(name: str, **kwargs: Any) -> nn.Module:
     """Builds a score network by name; options are the model's dataclass fields.
 
     Every score network is called as `model.apply(variables, x, noise_label, train=False, cond=None,
-    rngs=...)` with x: [B, ...], noise_label: [B], and returns an array shaped like x. Every score network takes
-    `num_classes` (default 0, unconditional); a class-conditional one takes cond: [B] int labels in
-    [0, num_classes), or None (or the label num_classes) for its unconditional "null" class. The `CLASSIFIERS`
-    are called as `model.apply(variables, x, noise_label, train=False, rngs=...)` and return logits
-    [B, num_classes] (`scoresde.models.classifier`).
+    rngs=...)` with x: [B, ...], noise_label: [B], and returns an array shaped like x. Every score network
+    takes `num_classes` (default 0, unconditional); a class-conditional one takes cond: [B] int labels in
+    [0, num_classes), or None (or the label num_classes) for its unconditional "null" class. The
+    `CLASSIFIERS` are called as `model.apply(variables, x, noise_label, train=False, rngs=...)` and return
+    logits [B, num_classes] (`scoresde.models.classifier`).
 
     Raises:
       ValueError: for an unknown name or option (listing the valid ones), or an invalid option value.
