@@ -77,6 +77,10 @@ class ClassifierObjective:
         logits = self.logits(params, x_t, t, train=train, rng=k_dropout if train else None)
         return jnp.mean(optax.softmax_cross_entropy_with_integer_labels(logits, labels))
 
+    def log_posterior_fn(self, params: Any) -> Callable[[Array, Array], Array]:
+        """log q(y | x_t, t) of every class: (x: [B, ...], t: [B]) -> [B, num_classes]."""
+        return lambda x, t: jax.nn.log_softmax(self.logits(params, x, t), axis=-1)
+
     def log_prob_fn(self, params: Any, label: int | Array) -> LogProbFn:
         """log q(label | x_t, t) as a function (x: [B, ...], t: [B]) -> [B]; label: an int or [B] ints.
 
@@ -85,10 +89,10 @@ class ClassifierObjective:
         """
         if isinstance(label, int) and not 0 <= label < self.num_classes:
             raise ValueError(f"class label must lie in [0, {self.num_classes}); got {label}.")
+        log_posterior = self.log_posterior_fn(params)
 
         def log_prob(x: Array, t: Array) -> Array:
-            log_probs = jax.nn.log_softmax(self.logits(params, x, t), axis=-1)
             labels = jnp.broadcast_to(jnp.asarray(label, jnp.int32), x.shape[:1])
-            return jnp.take_along_axis(log_probs, labels[:, None], axis=-1)[:, 0]
+            return jnp.take_along_axis(log_posterior(x, t), labels[:, None], axis=-1)[:, 0]
 
         return log_prob
