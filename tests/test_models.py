@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from scoresde.models import DDPM, NCSNpp, ScoreMLP, build_model
-from scoresde.models.layers import sinusoidal_embedding
+from scoresde.models.layers import GaussianFourierProjection, sinusoidal_embedding
 from scoresde.models.resample import fir_conv_2d, resample_2d
 
 # --------------------------------------------------------------------- CIFAR-10 configurations of the paper
@@ -187,6 +187,20 @@ def test_fourier_frequencies_get_no_gradient():
     assert float(jnp.abs(grads["Dense_0"]["kernel"]).max()) > 0.0
 
 
+def test_mlp_input_features_are_sin_and_cos_of_fixed_random_projections():
+    model = ScoreMLP(width=32, depth=1, input_features=8, input_scale=2.0)
+    variables = model.init(rbg_key(0), X2, SIGMA2)
+    w = variables["params"]["GaussianFourierProjection_0"]["W"]
+    assert w.shape == (2, 8) and 1.0 < float(jnp.std(w)) < 3.5
+    first = variables["params"]["Dense_0"]["kernel"]  # fed [x, sin 2 pi x W, cos 2 pi x W]
+    assert first.shape == (2 + 16, 32)
+    projection = GaussianFourierProjection(8, 2.0).apply({"params": {"W": w}}, X2)
+    np.testing.assert_allclose(projection, jnp.concatenate([jnp.sin(2 * np.pi * X2 @ w),
+                                                            jnp.cos(2 * np.pi * X2 @ w)], -1), atol=1e-5)
+    grads = jax.grad(lambda v: jnp.sum(model.apply(v, X2, SIGMA2) ** 2))(variables)["params"]
+    assert float(jnp.abs(grads["GaussianFourierProjection_0"]["W"]).max()) == 0.0
+
+
 def test_sinusoidal_embedding_closed_form():
     emb = sinusoidal_embedding(jnp.array([0.0, 1.0]), 5)
     np.testing.assert_allclose(emb[0], [0.0, 0.0, 1.0, 1.0, 0.0])  # sin 0, cos 0, zero pad for odd dim
@@ -248,6 +262,8 @@ def test_build_model_unknown_option_lists_valid_options():
     ("ddpm", "ch_mult", (1, 0)),
     ("mlp", "width", 0),
     ("mlp", "embedding_type", "fourer"),
+    ("mlp", "input_features", -1),
+    ("mlp", "input_scale", -1.0),
 ])
 def test_bad_option_value_fails_at_construction(name, field, value):
     with pytest.raises(ValueError, match=rf"\.{field}={value!r}".replace("(", r"\(").replace(")", r"\)")):

@@ -140,10 +140,10 @@ def sinusoidal_embedding(t: jax.Array, dim: int, max_positions: float = 10_000.0
 
 
 class GaussianFourierProjection(nn.Module):
-    """Random Fourier features [Fourier] of a scalar: [sin(2 pi x w), cos(2 pi x w)], w ~ N(0, scale^2).
+    """Random Fourier features [Fourier]: [sin(2 pi x W), cos(2 pi x W)], W ~ N(0, scale^2) of shape [D, E].
 
     The frequencies `W` live in `params` (as in the reference, so parameter counts agree) but never receive
-    gradients. x: [B] -> [B, 2 * embedding_size].
+    gradients. x: [B] (a scalar per example, W: [E]) or [B, D] -> [B, 2 * embedding_size].
     """
 
     embedding_size: int
@@ -151,8 +151,9 @@ class GaussianFourierProjection(nn.Module):
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
-        w = self.param("W", nn.initializers.normal(stddev=self.scale), (self.embedding_size,))
-        proj = 2 * jnp.pi * x[:, None] * jax.lax.stop_gradient(w)[None, :]
+        shape = x.shape[1:] + (self.embedding_size,)
+        w = self.param("W", nn.initializers.normal(stddev=self.scale), shape)
+        proj = 2 * jnp.pi * jnp.tensordot(x, jax.lax.stop_gradient(w), axes=x.ndim - 1)
         return jnp.concatenate([jnp.sin(proj), jnp.cos(proj)], axis=-1)
 
 

@@ -2,10 +2,11 @@
 
 import flax.linen as nn
 import jax
+import jax.numpy as jnp
 
-from scoresde.models.layers import (EMBEDDING_TYPES, NoiseEmbedding, act, check_choice, check_num_classes,
-                                    check_positive_int, check_range, default_init, divide_by_sigma,
-                                    embed_condition)
+from scoresde.models.layers import (EMBEDDING_TYPES, GaussianFourierProjection, NoiseEmbedding, act,
+                                    check_choice, check_num_classes, check_positive_int, check_range,
+                                    default_init, divide_by_sigma, embed_condition)
 
 
 class MLPBlock(nn.Module):
@@ -28,7 +29,10 @@ class ScoreMLP(nn.Module):
 
     The noise label is embedded as in NCSN++ / DDPM++ (Song et al. 2021, appendix H.1): "positional"
     (sinusoidal, of 999 t for VP / sub-VP) or "fourier" (Gaussian Fourier features of log sigma, VE), then
-    Dense-SiLU-Dense to `width` features, which every block adds to its hidden state.
+    Dense-SiLU-Dense to `width` features, which every block adds to its hidden state. With `input_features`,
+    the input x is fed beside random Fourier features of itself, sin and cos of 2 pi x W with W ~ N(0,
+    input_scale^2) (Tancik et al. 2020): an MLP on raw coordinates learns high-frequency structure (a
+    checkerboard's edges) slowly, one on Fourier features of them much faster.
 
     Attributes:
       width: hidden and embedding width.
@@ -39,6 +43,8 @@ class ScoreMLP(nn.Module):
       num_classes: 0 (unconditional), or the number of classes of a class-conditional network, whose class
         embedding (`layers.ClassEmbedding`, with a null class for the unconditional score) is added to the
         noise embedding.
+      input_features: number of random frequencies of x (0: x alone).
+      input_scale: standard deviation of those frequencies, in cycles per unit of x.
 
     Call: x: [B, D], noise_label: [B], cond: [B] int labels or None (the null class) -> [B, D]; `train` is
     accepted for the common signature.
@@ -50,6 +56,8 @@ class ScoreMLP(nn.Module):
     fourier_scale: float = 16.0
     scale_by_sigma: bool = False
     num_classes: int = 0
+    input_features: int = 0
+    input_scale: float = 1.0
 
     def __post_init__(self) -> None:
         check_positive_int("ScoreMLP", "width", self.width)
@@ -57,6 +65,9 @@ class ScoreMLP(nn.Module):
         check_choice("ScoreMLP", "embedding_type", self.embedding_type, EMBEDDING_TYPES)
         check_range("ScoreMLP", "fourier_scale", self.fourier_scale, 0.0)
         check_num_classes("ScoreMLP", self.num_classes)
+        if self.input_features != 0:
+            check_positive_int("ScoreMLP", "input_features", self.input_features)
+        check_range("ScoreMLP", "input_scale", self.input_scale, 0.0)
         super().__post_init__()
 
     @nn.compact
@@ -67,7 +78,11 @@ class ScoreMLP(nn.Module):
                              f"got {x.shape} and {noise_label.shape}")
         temb = NoiseEmbedding(self.embedding_type, self.width, self.width, self.fourier_scale)(noise_label)
         temb = embed_condition("ScoreMLP", self.num_classes, temb, cond)
-        h = nn.Dense(self.width, kernel_init=default_init())(x)
+        features = x
+        if self.input_features:
+            fourier = GaussianFourierProjection(self.input_features, self.input_scale)(x)
+            features = jnp.concatenate([x, fourier], axis=-1)
+        h = nn.Dense(self.width, kernel_init=default_init())(features)
         for _ in range(self.depth):
             h = MLPBlock(self.width)(h, temb)
         h = nn.Dense(x.shape[-1], kernel_init=default_init())(act(h))
