@@ -93,16 +93,17 @@ class FixedStepSampler(Sampler):
             require(self.nfe() <= nfe, f"{type(self).__name__} on its explicit {self.num_steps}-step "
                                        f"schedule makes {self.nfe()} score evaluations; asked for {nfe}.")
             return self
-        with_steps = lambda n: dataclasses.replace(self, num_steps=n)
         fitting = [
-            n for n in range(self.min_steps, max(nfe, self.min_steps) + 1) if with_steps(n).nfe() <= nfe
+            n for n in range(self.min_steps, max(nfe, self.min_steps) + 1) if self.with_steps(n).nfe() <= nfe
         ]
-        require(
-            bool(fitting),
-            f"{type(self).__name__} makes at least {with_steps(self.min_steps).nfe()} score evaluations; "
-            f"asked for {nfe}.",
-        )
-        return with_steps(fitting[-1])
+        fewest = self.with_steps(self.min_steps).nfe()
+        require(bool(fitting),
+                f"{type(self).__name__} makes at least {fewest} score evaluations; asked for {nfe}.")
+        return self.with_steps(fitting[-1])
+
+    def with_steps(self, num_steps: int) -> "FixedStepSampler":
+        """The same sampler on a grid of `num_steps` steps (what `with_nfe` varies)."""
+        return dataclasses.replace(self, num_steps=num_steps)
 
     def end_time(self, sde: SDE, eps: float | None) -> float:
         if isinstance(self.schedule, str):

@@ -134,12 +134,14 @@ def step_orders(num_steps: int, order: int) -> list[int]:
     return [min(k, num_steps - i) for i, k in enumerate(orders)]
 
 
-def _step_weights(lam: Array, orders: list[int], width: int, corrector: bool) -> Array:
+def step_weights(lam: Array, orders: list[int], width: int, corrector: bool, moments=multistep_moments
+                 ) -> Array:
     """Multistep weights of every step: [N, width], zero past each step's k_i nodes (k_i + 1 with
     `corrector`).
 
     Node j of step i is lambda_{i-j} (j < k_i), at r = (lambda_{i-j} - lambda_i) / h_i; the corrector puts the
-    new point, r = 1, first. Runs of steps with the same order are solved as one batch.
+    new point, r = 1, first. Runs of steps with the same order are solved as one batch. `moments(h, k)` gives
+    the mu_m the weights match (`integration_weights`).
     """
     xp = array_namespace(lam)
     h = lam[1:] - lam[:-1]
@@ -152,7 +154,7 @@ def _step_weights(lam: Array, orders: list[int], width: int, corrector: bool) ->
         nodes = (lam[steps[:, None] - np.arange(k)] - lam[steps][:, None]) / h[steps][:, None]
         if corrector:
             nodes = xp.concatenate([xp.ones_like(nodes[:, :1]), nodes], axis=1)
-        w = integration_weights(h[steps], nodes, multistep_moments)
+        w = integration_weights(h[steps], nodes, moments)
         rows.append(xp.concatenate([w, xp.zeros((j - i, width - w.shape[1]), w.dtype)], axis=1))
         i = j
     return xp.concatenate(rows, axis=0)
@@ -170,9 +172,9 @@ def multistep_coefficients(sde: SDE, ts: Array, order: int, corrector: bool) -> 
     alpha = sde.alpha(ts[1:])[:, None]
     orders = step_orders(ts.shape[0] - 1, order)
     coefficients = {"ratio": sde.sigma(ts[1:]) / sde.sigma(ts[:-1]),
-                    "predict": alpha * _step_weights(lam, orders, order, False)}
+                    "predict": alpha * step_weights(lam, orders, order, False)}
     if corrector:
-        coefficients["correct"] = alpha * _step_weights(lam, orders, order + 1, True)
+        coefficients["correct"] = alpha * step_weights(lam, orders, order + 1, True)
     return coefficients
 
 

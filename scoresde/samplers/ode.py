@@ -48,6 +48,24 @@ def edm_denoiser(sde: SDE, score_fn: ScoreFn, x_scaled: Array, t: Array) -> Arra
     return sde.data_prediction(score_fn, batch_broadcast(sde.alpha(t), x_scaled) * x_scaled, t)
 
 
+def edm_derivative(sde: SDE, score_fn: ScoreFn, x_scaled: Array, t: Array) -> Array:
+    """dx~/dsigma~ = (x~ - D(x~; sigma~)) / sigma~ at time t (Karras et al. 2022, Eq. 4 with s = 1); one score
+    evaluation. x_scaled: [B, ...], t: scalar."""
+    return (x_scaled - edm_denoiser(sde, score_fn, x_scaled, t)) / sde.edm_sigma(t)
+
+
+def heun_step(sde: SDE, score_fn: ScoreFn, x_scaled: Array, t: Array, s: Array, correct: bool = True
+              ) -> Array:
+    """x~ at time s from x~ at time t: an Euler step in sigma~, corrected by the trapezoidal rule unless
+    `correct` is False (Karras et al. 2022, Algorithm 2, lines 7-10); 2 score evaluations, 1 uncorrected."""
+    step = sde.edm_sigma(s) - sde.edm_sigma(t)
+    d = edm_derivative(sde, score_fn, x_scaled, t)
+    x_next = x_scaled + step * d
+    if correct:
+        x_next = x_scaled + step * 0.5 * (d + edm_derivative(sde, score_fn, x_next, s))
+    return x_next
+
+
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class Heun(FixedStepSampler):
     """Heun's 2nd-order method with optional churn, Karras et al. (2022, Algorithm 2), for every SDE.
@@ -87,7 +105,6 @@ class Heun(FixedStepSampler):
     def solve_grid(self, key, sde, score_fn, x, ts, axis_name=None):
         num_steps = ts.shape[0] - 1
         gamma_max = min(self.s_churn / num_steps, math.sqrt(2.0) - 1.0)
-        denoise = lambda x, t: edm_denoiser(sde, score_fn, x, t)
 
         def churn(x, i, t):
             """Raises the noise level to sigma^ = (1 + gamma) sigma~ by fresh noise; returns x^, t(sigma^)."""
@@ -101,13 +118,7 @@ class Heun(FixedStepSampler):
         def step(x, i, t, s, correct=True):
             # Without churn, no noise is drawn: the RNG would cost as much as a cheap score evaluation.
             x_hat, t_hat = churn(x, i, t) if gamma_max > 0 else (x, t)
-            sigma_hat, sigma_next = sde.edm_sigma(t_hat), sde.edm_sigma(s)
-            d = (x_hat - denoise(x_hat, t_hat)) / sigma_hat
-            x_next = x_hat + (sigma_next - sigma_hat) * d
-            if correct:
-                d_next = (x_next - denoise(x_next, s)) / sigma_next
-                x_next = x_hat + (sigma_next - sigma_hat) * 0.5 * (d + d_next)
-            return x_next
+            return heun_step(sde, score_fn, x_hat, t_hat, s, correct)
 
         ts = jnp.asarray(ts, x.dtype)
         x = x / sde.alpha(ts[0])
