@@ -1,6 +1,5 @@
 """Sampler benchmarks: NFE targeting, shared accuracy machinery, reproducibility, reports, CLI, bad input."""
 
-import dataclasses
 import functools
 import json
 import math
@@ -17,7 +16,7 @@ import scoresde as sd
 from scoresde import config as config_lib
 from scoresde import evaluation, experiment as experiment_lib, metrics, toy, train
 from scoresde.bench import accuracy, command, exact, grid, overhead, report
-from scoresde.samplers import PC, RK45, DPMSolverPP, Euler, Heun, UniPC
+from scoresde.samplers import PC, RK45, DPMSolverPP, Euler, Heun, Restart, UniPC
 
 import tiny_runs
 
@@ -34,12 +33,13 @@ DISTRIBUTION_FIGURES = ("sliced_wasserstein", "mode_weights", "mode_means", "mod
         (PC(corrector="none"), 5, 5, 5),
         (DPMSolverPP(order=3), 3, 3, 3),
         (UniPC(), 1000, 1000, 1000),
+        (Restart(), 10, 4, 9),  # 2N - 1 + 2 x 1 restart x 1 Heun step (restart_steps scales with N)
     ],
 )
 def test_with_nfe_takes_the_most_steps_within_the_budget(sampler, target, steps, nfe):
     configured = sampler.with_nfe(target)
     assert (configured.num_steps, configured.nfe()) == (steps, nfe)
-    assert configured == dataclasses.replace(sampler, num_steps=steps)
+    assert configured == sampler.with_steps(steps)
 
 
 @pytest.mark.parametrize(
@@ -49,6 +49,7 @@ def test_with_nfe_takes_the_most_steps_within_the_budget(sampler, target, steps,
         (DPMSolverPP(order=3), 2, "DPMSolverPP makes at least 3 score evaluations; asked for 2"),
         (UniPC(order=3), 2, "UniPC makes at least 3 score evaluations; asked for 2"),
         (RK45(), 50, "RK45 chooses its own steps"),
+        (Restart(), 4, "Restart makes at least 5 score evaluations; asked for 4"),
     ],
 )
 def test_nfe_below_a_samplers_minimum_raises(sampler, target, match):
@@ -105,6 +106,8 @@ ASYMPTOTIC = {
     "dpm_solver_pp": (2, (50, 100, 200, 400)),
     "dpm_solver_pp:order=3": (3, (50, 100, 200)),
     "unipc": (3, (50, 100, 200, 400)),
+    "ipndm": (2, (128, 256)),
+    "deis": (3, (128, 256)),
 }
 
 

@@ -11,7 +11,8 @@ import scoresde as sd
 from checks import assert_matches_mixture, count_calls, exact_draws, mixture_2d_endpoint
 from scoresde import toy
 from scoresde.bench.accuracy import convergence_order, pathwise_error
-from scoresde.samplers import DDIM, RK45, DPMSolverPP, Euler, Heun, UniPC
+from scoresde.samplers import (DDIM, DEIS, IPNDM, RK45, DPMSolverPP, DPMSolverPPSDE, Euler, Heun, Restart,
+                               UniPC)
 
 SDES = {"vp": sd.VPSDE(), "subvp": sd.SubVPSDE(), "ve": sd.VESDE()}
 MIX_2D = toy.mixture_2d()
@@ -47,6 +48,12 @@ ORDERS = {
     "dpm_solver_pp_3m": (functools.partial(DPMSolverPP, order=3), 3, (128, 512)),
     "unipc_2": (functools.partial(UniPC, order=2), 3, (128, 512)),
     "unipc_3": (functools.partial(UniPC, order=3), 4, (512, 2048)),
+    # iPNDM's fixed coefficients are those of uniform steps: order 2 on other grids (ipndm.py).
+    "ipndm": (IPNDM, 2, (128, 512)),
+    "ipndm_variable_step": (functools.partial(IPNDM, variable_step=True), 4, (128, 512)),
+    "deis_2": (functools.partial(DEIS, order=2), 2, (128, 512)),
+    "deis_3": (functools.partial(DEIS, order=3), 3, (128, 512)),
+    "deis_4": (functools.partial(DEIS, order=4), 4, (128, 512)),
 }
 # Under VE one of the 64 paths starts near the boundary between two modes; Euler keeps it on the wrong side up
 # to ~200 steps, so its error is only asymptotic from there.
@@ -81,6 +88,11 @@ SMALL = {
     "ddim_eta": (DDIM(num_steps=5, eta=0.5), False, 5),
     "dpm_solver_pp_3m": (DPMSolverPP(num_steps=5, order=3), True, 5),
     "unipc_3": (UniPC(num_steps=5, order=3), True, 5),
+    "ipndm": (IPNDM(num_steps=5), True, 5),
+    "ipndm_variable_step": (IPNDM(num_steps=5, variable_step=True), True, 5),
+    "deis": (DEIS(num_steps=5), True, 5),
+    "dpm_solver_pp_sde": (DPMSolverPPSDE(num_steps=5), False, 5),
+    "restart": (Restart(num_steps=3, restart_steps=1, restarts=2), False, 9),
     "rk45": (RK45(rtol=1e-3, atol=1e-3), True, None),
 }
 
@@ -137,6 +149,15 @@ def test_heun_with_churn_samples_the_mixture():
         (lambda: Heun(s_churn=-1.0), r"Heun: s_churn must be >= 0; got s_churn=-1.0"),
         (lambda: Heun(s_noise=0.0), r"Heun: s_noise must be > 0; got s_noise=0.0"),
         (lambda: Heun(s_tmin=2.0, s_tmax=1.0), r"Heun: need 0 <= s_tmin <= s_tmax"),
+        (lambda: IPNDM(order=5), r"IPNDM: order must be one of \[1, 2, 3, 4\]; got order=5"),
+        (lambda: DEIS(order=0), r"DEIS: order must be one of \[1, 2, 3, 4\]; got order=0"),
+        (lambda: DEIS(num_steps=0), r"DEIS: num_steps must be an integer >= 1; got 0"),
+        (lambda: DPMSolverPPSDE(order=4), r"DPMSolverPPSDE: order must be one of \[1, 2, 3\]; got order=4"),
+        (lambda: DPMSolverPPSDE(num_steps=1), r"DPMSolverPPSDE: num_steps must be an integer >= 2; got 1"),
+        (lambda: Restart(num_steps=1), r"Restart: num_steps must be an integer >= 2; got 1"),
+        (lambda: Restart(restart_min=1.0, restart_max=0.5), r"Restart: need 0 < restart_min < restart_max"),
+        (lambda: Restart(restarts=0), r"Restart: restarts must be an integer >= 1; got restarts=0"),
+        (lambda: Restart(restart_steps=1.5), r"Restart: restart_steps must be an integer >= 1"),
     ],
 )
 def test_bad_settings_raise(make, match):
@@ -146,7 +167,8 @@ def test_bad_settings_raise(make, match):
 
 @pytest.mark.parametrize(
     "name, cls", [("euler", Euler), ("heun", Heun), ("ddim", DDIM), ("dpm_solver_pp", DPMSolverPP),
-                  ("unipc", UniPC), ("rk45", RK45)]
+                  ("unipc", UniPC), ("ipndm", IPNDM), ("deis", DEIS), ("dpm_solver_pp_sde", DPMSolverPPSDE),
+                  ("restart", Restart), ("rk45", RK45)]
 )
 def test_build_sampler_knows_every_solver(name, cls):
     assert isinstance(sd.samplers.build_sampler(name), cls)

@@ -69,7 +69,8 @@ def exact_case(
     return Case(sde=sde, score_fn=score_fn, x_init=x_init, evaluate=evaluate, summary=summary)
 
 
-DEFAULT_SAMPLERS = ("euler", "heun", "ddim", "dpm_solver_pp", "dpm_solver_pp:order=3", "unipc", "pc")
+DEFAULT_SAMPLERS = ("euler", "heun", "ddim", "dpm_solver_pp", "dpm_solver_pp:order=3", "unipc", "ipndm",
+                    "ipndm:variable_step=True", "deis", "pc", "dpm_solver_pp_sde", "restart")
 
 
 @dataclasses.dataclass(frozen=True)

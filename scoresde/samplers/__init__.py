@@ -7,9 +7,12 @@ from typing import Any
 import jax
 
 from scoresde.samplers.base import FixedStepSampler, Sampler, in_work_dtype, per_example
+from scoresde.samplers.deis import DEIS
 from scoresde.samplers.exponential import DDIM, DPMSolverPP, UniPC
+from scoresde.samplers.ipndm import IPNDM
 from scoresde.samplers.ode import RK45, Euler, Heun
 from scoresde.samplers.pc import PC
+from scoresde.samplers.stochastic import DPMSolverPPSDE, Restart
 from scoresde.sde import SDE, ScoreFn
 
 Array = jax.Array
@@ -21,6 +24,10 @@ _SAMPLERS = {
     "ddim": DDIM,
     "dpm_solver_pp": DPMSolverPP,
     "unipc": UniPC,
+    "ipndm": IPNDM,
+    "deis": DEIS,
+    "dpm_solver_pp_sde": DPMSolverPPSDE,
+    "restart": Restart,
     "rk45": RK45,
 }
 
@@ -97,12 +104,16 @@ def sample(
 
 __all__ = [
     "DDIM",
+    "DEIS",
     "DPMSolverPP",
+    "DPMSolverPPSDE",
     "Euler",
     "FixedStepSampler",
     "Heun",
+    "IPNDM",
     "PC",
     "RK45",
+    "Restart",
     "Sampler",
     "UniPC",
     "build_sampler",
