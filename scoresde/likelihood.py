@@ -20,8 +20,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from scoresde.samplers import check_score_fn
 from scoresde.samplers.base import in_work_dtype, per_example, require
-from scoresde.samplers.ode import adaptive_solve, check_tolerances, solve_flow
+from scoresde.samplers.ode import MAX_STEPS, adaptive_solve, check_max_steps, check_tolerances, solve_flow
 from scoresde.sde import SDE, ScoreFn
 
 Array = jax.Array
@@ -74,6 +75,7 @@ def log_likelihood(
     rtol: float = 1e-5,
     atol: float = 1e-5,
     eps: float | None = None,
+    max_steps: int = MAX_STEPS,
 ) -> tuple[Array, Array]:
     """log p_eps(x) of the probability-flow model, in nats per example.
 
@@ -87,6 +89,7 @@ def log_likelihood(
       num_probes: probes per example, >= 1; their mean is the estimate (variance / num_probes).
       rtol, atol: tolerances of the adaptive Dormand-Prince solve, > 0.
       eps: start time in (0, T); defaults to `sde.default_eps`.
+      max_steps: attempted steps of the adaptive solve before it gives up with an error, >= 1.
 
     Returns:
       (logp: [B] in the dtype of x, nfe: evaluations of the augmented vector field, each one score evaluation
@@ -95,6 +98,8 @@ def log_likelihood(
     Jit-compatible; the finiteness check on x runs when x is concrete.
     """
     _check_inputs(sde, x, divergence, num_probes, rtol, atol, eps)
+    max_steps = check_max_steps(max_steps, "log_likelihood")
+    check_score_fn(score_fn, x)
     eps = sde.default_eps if eps is None else eps
     dtype = x.dtype
     score_fn, x = in_work_dtype(score_fn, x)
@@ -109,7 +114,8 @@ def log_likelihood(
         return drift, jnp.mean(quadratic_forms, axis=0)
 
     state0 = (x, jnp.zeros(x.shape[:1], x.dtype))
-    (z, delta_logp), nfe = adaptive_solve(augmented, state0, eps, sde.T, rtol=rtol, atol=atol)
+    (z, delta_logp), nfe = adaptive_solve(augmented, state0, eps, sde.T, rtol=rtol, atol=atol,
+                                          max_steps=max_steps, where="log_likelihood")
     return (sde.prior_logp(z) + delta_logp).astype(dtype), nfe
 
 
@@ -157,18 +163,27 @@ def bits_per_dim(
 
 
 def encode(
-    sde: SDE, score_fn: ScoreFn, x: Array, *, rtol: float = 1e-5, atol: float = 1e-5, eps: float | None = None
+    sde: SDE, score_fn: ScoreFn, x: Array, *, rtol: float = 1e-5, atol: float = 1e-5,
+    eps: float | None = None, max_steps: int = MAX_STEPS,
 ) -> Array:
     """The latent z = x_T of data x = x_eps: [B, ...] by the probability-flow ODE (Song et al. 2021, 4.3)."""
-    check_tolerances(rtol, atol, "encode")
     eps = sde.default_eps if eps is None else eps
-    return solve_flow(sde, score_fn, x, eps, sde.T, rtol=rtol, atol=atol)[0]
+    return _carry(sde, score_fn, x, eps, sde.T, rtol, atol, max_steps, "encode")
 
 
 def decode(
-    sde: SDE, score_fn: ScoreFn, z: Array, *, rtol: float = 1e-5, atol: float = 1e-5, eps: float | None = None
+    sde: SDE, score_fn: ScoreFn, z: Array, *, rtol: float = 1e-5, atol: float = 1e-5,
+    eps: float | None = None, max_steps: int = MAX_STEPS,
 ) -> Array:
     """The inverse of `encode`: carries z = x_T: [B, ...] back to x_eps along the same ODE."""
-    check_tolerances(rtol, atol, "decode")
     eps = sde.default_eps if eps is None else eps
-    return solve_flow(sde, score_fn, z, sde.T, eps, rtol=rtol, atol=atol)[0]
+    return _carry(sde, score_fn, z, sde.T, eps, rtol, atol, max_steps, "decode")
+
+
+def _carry(sde: SDE, score_fn: ScoreFn, x: Array, t0: float, t1: float, rtol: float, atol: float,
+           max_steps: int, where: str) -> Array:
+    """x: [B, ...] carried from t0 to t1 along the probability-flow ODE, after checking the settings."""
+    check_tolerances(rtol, atol, where)
+    max_steps = check_max_steps(max_steps, where)
+    check_score_fn(score_fn, x)
+    return solve_flow(sde, score_fn, x, t0, t1, rtol=rtol, atol=atol, max_steps=max_steps, where=where)[0]

@@ -135,6 +135,7 @@ def test_bits_per_dim_of_the_uniform_density_is_eight(data_range):
         (dict(rtol=0.0), "rtol must be > 0; got rtol=0.0"),
         (dict(atol=-1e-5), "atol must be > 0; got atol=-1e-05"),
         (dict(eps=0.0), "eps must lie in"),
+        (dict(max_steps=0), "log_likelihood: max_steps must be an integer >= 1; got max_steps=0"),
     ],
 )
 def test_bad_likelihood_arguments_raise(kwargs, match):
@@ -160,6 +161,26 @@ def test_nan_data_raise():
 def test_bad_bits_per_dim_arguments_raise(kwargs, match):
     with pytest.raises(ValueError, match=match):
         sd.bits_per_dim(jnp.zeros(2), (2,), **kwargs)
+
+
+@pytest.mark.parametrize("solve", [
+    lambda sde, score_fn, x: sd.log_likelihood(jax.random.PRNGKey(0), sde, score_fn, x),
+    lambda sde, score_fn, x: likelihood.encode(sde, score_fn, x),
+    lambda sde, score_fn, x: likelihood.decode(sde, score_fn, x),
+], ids=["log_likelihood", "encode", "decode"])
+def test_a_score_not_shaped_like_x_is_refused(solve):
+    sde = SDES["vp"]
+    with pytest.raises(ValueError, match=r"score_fn must return an array shaped like x \(4, 2\); "
+                                         r"got \(4, 1\)"):
+        solve(sde, lambda x, t: MIX_2D.score_fn(sde)(x, t)[:, :1], data("vp", 4))
+
+
+def test_likelihood_past_max_steps_names_its_own_setting():
+    sde = SDES["vp"]
+    with pytest.raises(RuntimeError, match="log_likelihood: the adaptive solve took max_steps=2 "
+                       "steps without reaching its end time; pass a larger max_steps to log_likelihood"):
+        jax.block_until_ready(sd.log_likelihood(jax.random.PRNGKey(0), sde, MIX_2D.score_fn(sde),
+                                                data("vp", 4), divergence="exact", max_steps=2))
 
 
 def test_bad_encode_tolerance_raises():

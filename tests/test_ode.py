@@ -144,6 +144,8 @@ def test_heun_with_churn_samples_the_mixture():
         (lambda: Heun(num_steps=0), r"Heun: num_steps must be an integer >= 1; got 0"),
         (lambda: RK45(rtol=0.0), r"RK45: rtol must be > 0; got rtol=0.0"),
         (lambda: RK45(atol=-1.0), r"RK45: atol must be > 0; got atol=-1.0"),
+        (lambda: RK45(max_steps=0), r"RK45: max_steps must be an integer >= 1; got max_steps=0"),
+        (lambda: Euler(num_steps=np.float64(10)), r"Euler: num_steps must be an integer >= 1; got np.float"),
         (lambda: DDIM(eta=-0.1), r"DDIM: eta must lie in \[0, 1\]; got eta=-0.1"),
         (lambda: DDIM(eta=1.5), r"DDIM: eta must lie in \[0, 1\]; got eta=1.5"),
         (lambda: Heun(s_churn=-1.0), r"Heun: s_churn must be >= 0; got s_churn=-1.0"),
@@ -163,6 +165,22 @@ def test_heun_with_churn_samples_the_mixture():
 def test_bad_settings_raise(make, match):
     with pytest.raises(ValueError, match=match):
         make()
+
+
+@pytest.mark.parametrize("name", ["euler", "heun", "ddim", "dpm_solver_pp", "unipc", "pc"])
+def test_integer_like_step_counts_are_accepted_as_ints(name):
+    for steps in (np.int64(10), np.int32(10), np.array(10)):
+        sampler = sd.samplers.build_sampler(name, num_steps=steps)
+        assert type(sampler.num_steps) is int and sampler == sd.samplers.build_sampler(name, num_steps=10)
+        assert hash(sampler) == hash(sd.samplers.build_sampler(name, num_steps=10))
+
+
+def test_rk45_past_max_steps_names_its_own_setting():
+    sde, x = SDES["vp"], SDES["vp"].prior_sampling(jax.random.PRNGKey(0), (8, 2))
+    solve = lambda sampler: mixture_2d_endpoint(sde, sampler)(jax.random.PRNGKey(0), x)
+    with pytest.raises(RuntimeError, match=r"RK45: the adaptive solve took max_steps=3 steps "
+                       r"without reaching its end time; pass a larger max_steps to RK45"):
+        solve(RK45(max_steps=3))
 
 
 @pytest.mark.parametrize(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import abc
 import dataclasses
+import operator
 from typing import Any, Callable
 
 import jax
@@ -46,6 +47,19 @@ def require(condition: bool, message: str) -> None:
         raise ValueError(message)
 
 
+def as_int(value: Any) -> Any:
+    """value as a Python int if it is integer-like (np.int64(10), a 0-d integer array), else as given.
+
+    Bools stay bools, so that a setting's own check can refuse them.
+    """
+    if isinstance(value, bool):
+        return value
+    try:
+        return operator.index(value)
+    except TypeError:
+        return value
+
+
 @dataclasses.dataclass(frozen=True, kw_only=True)
 class FixedStepSampler(Sampler):
     """A sampler over a fixed grid of `num_steps` steps from T to eps.
@@ -64,6 +78,7 @@ class FixedStepSampler(Sampler):
 
     def __post_init__(self):
         name = type(self).__name__
+        object.__setattr__(self, "num_steps", as_int(self.num_steps))  # a frozen dataclass's own field
         require(
             isinstance(self.num_steps, int) and self.num_steps >= self.min_steps,
             f"{name}: num_steps must be an integer >= {self.min_steps}; got {self.num_steps!r}.",

@@ -16,10 +16,11 @@ import math
 from typing import Any, Callable
 
 import diffrax
+import equinox as eqx
 import jax
 import jax.numpy as jnp
 
-from scoresde.samplers.base import FixedStepSampler, Sampler, per_example, require, scan_grid
+from scoresde.samplers.base import FixedStepSampler, Sampler, as_int, per_example, require, scan_grid
 from scoresde.sde import SDE, ScoreFn, batch_broadcast
 
 Array = jax.Array
@@ -132,19 +133,37 @@ def check_tolerances(rtol: float, atol: float, where: str) -> None:
     require(atol > 0, f"{where}: atol must be > 0; got atol={atol!r}.")
 
 
+def check_max_steps(max_steps: int, where: str) -> int:
+    """max_steps as an int; ValueError unless it is an integer >= 1."""
+    max_steps = as_int(max_steps)
+    require(isinstance(max_steps, int) and max_steps >= 1,
+            f"{where}: max_steps must be an integer >= 1; got max_steps={max_steps!r}.")
+    return max_steps
+
+
 # Dopri5 makes 6 new evaluations per attempted step (its 7th stage is the next step's 1st, "first same as
 # last"), plus one at the start; counted against the evaluations themselves in tests/test_ode.py.
 _DOPRI5_EVALS_PER_STEP, _DOPRI5_INITIAL_EVALS = 6, 1
+MAX_STEPS = 4096  # attempted steps of one adaptive solve, as diffrax's default
 
 
 def adaptive_solve(
-    vector_field: Callable[[Array, Any], Any], y0: Any, t0: float, t1: float, *, rtol: float, atol: float
+    vector_field: Callable[[Array, Any], Any],
+    y0: Any,
+    t0: float,
+    t1: float,
+    *,
+    rtol: float,
+    atol: float,
+    max_steps: int = MAX_STEPS,
+    where: str = "RK45",
 ) -> tuple[Any, Array]:
     """Integrates dy/dt = vector_field(t, y) from t0 to t1 with Dormand-Prince 5(4) and a PID controller.
 
     y0 may be any pytree; the whole batch is one system with one step size, and the error norm is the RMS over
     all of y of err / (atol + rtol |y|), as in SciPy's RK45 (Dormand & Prince 1980; Hairer et al. 1993, II.4).
-    Returns (y(t1), the number of vector-field evaluations made, int32).
+    A solve that needs more than `max_steps` steps fails at run time with an error naming `where`, the caller
+    whose `max_steps` setting to raise. Returns (y(t1), the number of vector-field evaluations made, int32).
     """
     solution = diffrax.diffeqsolve(
         diffrax.ODETerm(lambda t, y, args: vector_field(t, y)),
@@ -154,17 +173,24 @@ def adaptive_solve(
         dt0=None,
         y0=y0,
         stepsize_controller=diffrax.PIDController(rtol=rtol, atol=atol),
+        max_steps=max_steps,
+        throw=False,
     )
+    ys = eqx.error_if(solution.ys, solution.result == diffrax.RESULTS.max_steps_reached,
+                      f"{where}: the adaptive solve took max_steps={max_steps} steps without reaching its "
+                      f"end time; pass a larger max_steps to {where}, or looser rtol/atol.")
+    ys = solution.result.error_if(ys, jnp.logical_not(diffrax.is_okay(solution.result)))  # diffrax's others
     nfe = _DOPRI5_EVALS_PER_STEP * solution.stats["num_steps"] + _DOPRI5_INITIAL_EVALS
-    return jax.tree.map(lambda y: y[-1], solution.ys), jnp.asarray(nfe, jnp.int32)
+    return jax.tree.map(lambda y: y[-1], ys), jnp.asarray(nfe, jnp.int32)
 
 
 def solve_flow(
-    sde: SDE, score_fn: ScoreFn, x: Array, t0: float, t1: float, *, rtol: float, atol: float
+    sde: SDE, score_fn: ScoreFn, x: Array, t0: float, t1: float, *, rtol: float, atol: float,
+    max_steps: int = MAX_STEPS, where: str = "RK45",
 ) -> tuple[Array, Array]:
     """Carries x: [B, ...] from time t0 to t1 (either direction) along the probability-flow ODE."""
     drift = lambda t, y: sde.probability_flow(score_fn, y, per_example(t, y))
-    return adaptive_solve(drift, x, t0, t1, rtol=rtol, atol=atol)
+    return adaptive_solve(drift, x, t0, t1, rtol=rtol, atol=atol, max_steps=max_steps, where=where)
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -177,13 +203,17 @@ class RK45(Sampler):
 
     Args:
       rtol, atol: relative and absolute tolerances of the local error, > 0.
+      max_steps: attempted steps before the solve gives up with an error, >= 1.
     """
 
     rtol: float = 1e-5
     atol: float = 1e-5
+    max_steps: int = MAX_STEPS
 
     def __post_init__(self):
         check_tolerances(self.rtol, self.atol, "RK45")
+        object.__setattr__(self, "max_steps", check_max_steps(self.max_steps, "RK45"))
 
     def solve(self, key, sde, score_fn, x, eps, axis_name=None):
-        return solve_flow(sde, score_fn, x, sde.T, eps, rtol=self.rtol, atol=self.atol)
+        return solve_flow(sde, score_fn, x, sde.T, eps, rtol=self.rtol, atol=self.atol,
+                          max_steps=self.max_steps)

@@ -15,7 +15,7 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from scoresde.samplers.base import FixedStepSampler, per_example, require, scan_grid
+from scoresde.samplers.base import FixedStepSampler, as_int, per_example, require, scan_grid
 from scoresde.sde import SDE, ScoreFn, batch_broadcast
 
 Array = jax.Array
@@ -146,6 +146,7 @@ class PC(FixedStepSampler):
             f"PC: unknown corrector {self.corrector!r}; valid names: {list(CORRECTORS)}.",
         )
         require(self.snr > 0, f"PC: snr must be > 0; got snr={self.snr!r}.")
+        object.__setattr__(self, "n_corrector_steps", as_int(self.n_corrector_steps))
         require(
             isinstance(self.n_corrector_steps, int) and self.n_corrector_steps >= 1,
             f"PC: n_corrector_steps must be an integer >= 1; got {self.n_corrector_steps!r}.",
