@@ -77,7 +77,8 @@ config_flags.DEFINE_config_file(
 flags.FLAGS["config"].parser = _ConfigFileParser("config")
 flags.DEFINE_string("workdir", None, "Training run directory (train, sample, eval, bench samplers).")
 flags.DEFINE_bool("resume", False, "train: continue the workdir's run under a changed config.")
-flags.DEFINE_bool("overwrite", False, "train: delete the workdir's run and start over.")
+flags.DEFINE_bool("overwrite", False, "train: delete the workdir's run and start over; eval: replace an "
+                  "evaluation of the same step made with other settings.")
 flags.DEFINE_bool("progress", True, "train, bench: show a progress bar.")
 flags.DEFINE_string("problem", "mixture_2d", "sample without --workdir, bench samplers: exact-score problem, "
                     "mixture_2d, mixture_image or a mixture .npz (weights [K], means [K, ...], "
@@ -90,8 +91,8 @@ flags.DEFINE_integer("num_samples", 2000, "Number of samples; with --workdir the
                      "by default; bench samplers: paths per sampler (default 4000, with --workdir 1000).")
 flags.DEFINE_integer("seed", 0, "PRNG seed of sampling and evaluation.")
 flags.DEFINE_string("outdir", "out/sample", "sample: where samples.npz and samples.png are written "
-                    "(with --workdir by default <workdir>/samples); bench: default out/bench/samplers or "
-                    "out/bench/overhead.")
+                    "(with --workdir by default <workdir>/samples); eval: where step_<step>.json is written "
+                    "(default <workdir>/eval); bench: default out/bench/samplers or out/bench/overhead.")
 flags.DEFINE_list("sdes", None, "bench samplers: forward SDEs (default vpsde,subvpsde,vesde).")
 flags.DEFINE_list("samplers", None, "bench: sampler specs, a name or name:setting=value:..., "
                   "e.g. unipc:order=3.")
@@ -114,8 +115,25 @@ def _require_flag(name: str, verb: str) -> None:
         raise ValueError(f"{verb} needs --{name}.")
 
 
+def _refuse_problem_flags() -> None:
+    """--problem and --sde choose an exact-score problem; a --workdir run has its own SDE and data."""
+    given = [f"--{name}" for name in ("problem", "sde") if FLAGS[name].present]
+    if given:
+        raise ValueError(f"{' and '.join(given)}: only for `sample` without --workdir (an exact-score "
+                         f"problem); a --workdir run uses the SDE and data of its own config.")
+
+
+def _num_samples(default: int) -> int:
+    """--num_samples if given, else `default`; ValueError unless it is >= 1."""
+    num_samples = _given("num_samples", default)
+    if num_samples < 1:
+        source = "--num_samples" if FLAGS["num_samples"].present else "eval.num_samples of the run's config"
+        raise ValueError(f"{source} must be >= 1; got {num_samples}.")
+    return num_samples
+
+
 def train_verb() -> None:
-    """Trains --config into --workdir."""
+    """Trains a score network from --config into --workdir; a run with the same config resumes."""
     _require_flag("config", "train")
     _require_flag("workdir", "train")
     experiment = experiment_lib.build_experiment(config_lib.from_dict(FLAGS.config.to_dict()))
@@ -134,10 +152,11 @@ def _workdir_sampler(experiment: experiment_lib.Experiment) -> samplers.Sampler:
 
 def sample_workdir() -> None:
     """Samples the newest checkpoint of --workdir; writes samples_<step>_<sampler>.npz and .png."""
+    _refuse_problem_flags()
     workdir = pathlib.Path(FLAGS.workdir)
     experiment, state = experiment_lib.restore(workdir)
     sampler = _workdir_sampler(experiment)
-    num_samples = _given("num_samples", experiment.config.eval.num_samples)
+    num_samples = _num_samples(experiment.config.eval.num_samples)
     draw = experiment_lib.sampling_fn(experiment, num_samples, sampler)
     x, nfe = draw(state.ema_params, jax.random.PRNGKey(FLAGS.seed))
     out = pathlib.Path(_given("outdir", workdir / workdir_lib.SAMPLES_DIR))
@@ -151,6 +170,7 @@ def sample_workdir() -> None:
 
 def sample_problem() -> None:
     """Samples the exact score of --problem and writes samples.npz and samples.png into --outdir."""
+    num_samples = _num_samples(FLAGS.num_samples)
     mix = toy.build_problem(FLAGS.problem)
     sde = sde_lib.build_sde(FLAGS.sde)
     sampler = samplers.build_sampler(FLAGS.sampler)
@@ -158,33 +178,37 @@ def sample_problem() -> None:
         if not hasattr(sampler, "num_steps"):
             raise ValueError(f"sampler {FLAGS.sampler!r} chooses its own steps; it takes no --num_steps.")
         sampler = dataclasses.replace(sampler, num_steps=FLAGS.num_steps)
-    shape = (FLAGS.num_samples,) + mix.event_shape
+    shape = (num_samples,) + mix.event_shape
     draw = jax.jit(lambda key: samplers.sample(key, sde, mix.score_fn(sde), shape, sampler))
     x, nfe = draw(jax.random.PRNGKey(FLAGS.seed))
     out = pathlib.Path(FLAGS.outdir)
     out.mkdir(parents=True, exist_ok=True)
     np.savez(out / "samples.npz", x=np.asarray(x), nfe=int(nfe))
-    reference = mix.sample(jax.random.PRNGKey(FLAGS.seed + 1), FLAGS.num_samples)
+    reference = mix.sample(jax.random.PRNGKey(FLAGS.seed + 1), num_samples)
     plots.samples_png(out / "samples.png", x, reference, title=f"{FLAGS.sampler}, {int(nfe)} NFE")
     print(f"wrote {out / 'samples.npz'} and {out / 'samples.png'} ({int(nfe)} score evaluations)")
 
 
 def sample_verb() -> None:
+    """Draws samples from --workdir's newest checkpoint, or from the exact score of a --problem."""
     (sample_workdir if FLAGS.workdir else sample_problem)()
 
 
 def eval_verb() -> None:
-    """Evaluates the newest checkpoint of --workdir; writes <workdir>/eval/step_<step>.json."""
+    """Scores --workdir's newest checkpoint against held-out data; writes eval/step_<step>.json."""
     _require_flag("workdir", "eval")
+    _refuse_problem_flags()
     workdir = pathlib.Path(FLAGS.workdir)
     experiment, state = experiment_lib.restore(workdir)
     config, dataset, key = experiment.config.eval, experiment.dataset, jax.random.PRNGKey(FLAGS.seed)
     if not len(dataset.test):
         raise ValueError("eval compares with held-out data, and this run has none: data.test_fraction is 0.")
-    results = {"step": int(state.step)}
+    settings, sampler = _eval_settings(experiment)
+    path = pathlib.Path(_given("outdir", workdir / workdir_lib.EVAL_DIR)) / f"step_{int(state.step)}.json"
+    workdir_lib.check_evaluation(path, settings, overwrite=FLAGS.overwrite)
+    results = {"step": int(state.step), "settings": settings}
     if config.enable_sampling:
-        num_samples = _given("num_samples", config.num_samples)
-        draw = experiment_lib.sampling_fn(experiment, num_samples, _workdir_sampler(experiment))
+        draw = experiment_lib.sampling_fn(experiment, settings["num_samples"], sampler)
         x, nfe = draw(state.ema_params, key)
         results["sampling_nfe"] = nfe
         if not dataset.is_image:
@@ -196,14 +220,31 @@ def eval_verb() -> None:
         figures = evaluation.likelihood_fn(experiment.objective, dataset)(state.ema_params, key, x)
         results["likelihood_nfe"] = figures.pop("likelihood_nfe")
         results.update({f"test_{name}": value for name, value in figures.items()})
-    out = workdir / workdir_lib.EVAL_DIR
-    out.mkdir(exist_ok=True)
-    (out / f"step_{int(state.step)}.json").write_text(json.dumps(results, indent=2) + "\n")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    workdir_lib.write_atomically(path, json.dumps(results, indent=2) + "\n")
     print(json.dumps(results))
 
 
+def _eval_settings(experiment: experiment_lib.Experiment) -> tuple[dict, samplers.Sampler | None]:
+    """What an evaluation is made with (seed; sampler name and settings, samples drawn; test examples in the
+    likelihood), recorded beside its figures, and the sampler."""
+    config = experiment.config.eval
+    settings, sampler = {"seed": FLAGS.seed}, None
+    if config.enable_sampling:
+        sampler = _workdir_sampler(experiment)
+        name = _given("sampler", experiment.config.sampling.method)
+        settings.update(sampler={"name": name, "settings": dataclasses.asdict(sampler)},
+                        num_samples=_num_samples(config.num_samples))
+    if config.enable_bpd:
+        settings["likelihood_examples"] = min(config.batch_size, len(experiment.dataset.test))
+    return settings, sampler
+
+
 def bench_verb(what: str = "") -> None:
-    """`scoresde bench samplers|overhead`; flags on the command line override the benchmark's settings."""
+    """Benchmarks samplers (`bench samplers`, exact or learnt scores) or loop overhead (`bench overhead`).
+
+    Flags given on the command line override the benchmark's settings.
+    """
     names = ("problem", "sdes", "samplers", "nfes", "models", "num_samples", "seed", "workdir")
     overrides = {name: getattr(FLAGS, name) for name in names if FLAGS[name].present}
     bench_command.run(what, overrides, quick=FLAGS.quick, outdir=_given("outdir", None),
@@ -211,6 +252,15 @@ def bench_verb(what: str = "") -> None:
 
 
 VERBS = {"train": train_verb, "sample": sample_verb, "eval": eval_verb, "bench": bench_verb}
+HELP_FLAGS = ("--help", "-h", "-?", "help")
+
+
+def usage() -> str:
+    """The verbs, one line each: the first line of each verb's docstring."""
+    width = max(map(len, VERBS))
+    verbs = [f"  {name:<{width}}  {inspect.getdoc(verb).splitlines()[0]}" for name, verb in VERBS.items()]
+    return "\n".join(["usage: scoresde VERB [--flags]", "", "verbs:", *verbs, "", "`scoresde --helpfull` "
+                      "lists every flag; README.md documents verbs, flags and configs."])
 
 
 def _fail(verb: str, message: str) -> None:
@@ -219,16 +269,26 @@ def _fail(verb: str, message: str) -> None:
 
 
 def _missing_field_text(error: Exception, argv: list[str]) -> str:
-    """ml_collections names a field the config lacks as bare "'name'"; say which override asked for it."""
+    """ml_collections names a field the config lacks as "'name'", maybe followed by a line "Did you mean
+    ...?", in a KeyError, maybe inside an AttributeError; say in plain text which override asked for it."""
+    while error.args and isinstance(error.args[0], Exception):
+        error = error.args[0]
     text = str(error.args[0]) if error.args else repr(error)
-    name = text.strip("\"'")
+    name, _, hint = text.partition("\n")
+    name = name.strip("\"'")
     given = [arg.split("=")[0] for arg in argv if name.isidentifier() and arg.startswith("--config.")
-             and f".{name}" in arg.split("=")[0]]
-    return f"{given[0]}: the config has no field {name!r}." if given else text
+             and f".{name}." in arg.split("=")[0] + "."]
+    return f"{given[0]}: the config has no field {name!r}. {hint}".strip() if given else text
 
 
 def parse_flags(argv: list[str]) -> list[str]:
-    """absl flag parsing whose errors (unknown flags or --config.* keys, broken config files) are one line."""
+    """absl flag parsing whose errors (unknown flags or --config.* keys, broken config files) are one line.
+
+    --help (anywhere) prints the verbs and exits 0; so does bare `scoresde`, with exit status 2.
+    """
+    if any(arg in HELP_FLAGS for arg in argv[1:]) or len(argv) < 2:
+        print(usage(), file=sys.stdout if len(argv) > 1 else sys.stderr)
+        sys.exit(0 if len(argv) > 1 else 2)
     try:
         return FLAGS(argv)
     except (flags.Error, KeyError, AttributeError) as error:

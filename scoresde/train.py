@@ -170,7 +170,8 @@ def run(
 
     Writes config.json, checkpoints/ and checkpoints-meta/ (see `scoresde.checkpoint`), metrics.jsonl (one
     JSON object per line: training loss, steps/s and examples/s every log_freq steps; eval_loss of the EMA
-    parameters on a test batch every eval_freq steps) and, with snapshot_sampling and a generative objective
+    parameters on a test batch every eval_freq steps; a resumed run first drops the lines logged after its
+    checkpoint, so no step appears twice) and, with snapshot_sampling and a generative objective
     (`Experiment.snapshots_sample`), samples/step_<step>.png at every snapshot.
 
     Raises:
@@ -188,6 +189,7 @@ def run(
     restored = checkpoints.restore_latest(state)
     state = state if restored is None else restored
     workdir_lib.write_config(workdir, config)
+    workdir_lib.truncate_metrics(workdir, int(state.step))
     steps = compile_train_steps(experiment.objective, experiment.optimizer, config.model.ema_rate, mesh)
     eval_loss = jax.jit(lambda params, key, batch: experiment.objective(params, key, batch, train=False))
     snapshot_samples = sampling_fn(experiment, t.batch_size) if experiment.snapshots_sample else None

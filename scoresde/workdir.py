@@ -9,6 +9,7 @@ one with another config only on request (`check_workdir`).
 from __future__ import annotations
 
 import json
+import os
 import pathlib
 import shutil
 from typing import Any
@@ -47,6 +48,52 @@ def load_config(workdir: str | pathlib.Path) -> Config:
 
 def write_config(workdir: pathlib.Path, config: Config) -> None:
     (workdir / CONFIG_FILE).write_text(json.dumps(config.to_dict(), indent=2) + "\n")
+
+
+def write_atomically(path: pathlib.Path, text: str) -> None:
+    """Writes text to path through a temporary file renamed into place: readers see the old or new file."""
+    temporary = path.with_name(f"{path.name}.tmp")
+    temporary.write_text(text)
+    os.replace(temporary, path)
+
+
+def truncate_metrics(workdir: pathlib.Path, step: int) -> None:
+    """Drops the lines of metrics.jsonl logged after `step` (and a line cut short), rewriting it atomically.
+
+    A run resumed from a checkpoint at `step` logs the later steps again: without this, they would appear
+    twice.
+    """
+    path = workdir / METRICS_FILE
+    if not path.is_file():
+        return
+    lines = path.read_text().splitlines()
+    steps = map(_logged_step, lines)
+    kept = [line for line, logged in zip(lines, steps) if logged is not None and logged <= step]
+    if len(kept) < len(lines):
+        write_atomically(path, "".join(f"{line}\n" for line in kept))
+
+
+def _logged_step(line: str) -> int | None:
+    """The step of a metrics line, or None for a line that is not a whole JSON object with a step."""
+    try:
+        return int(json.loads(line)["step"])
+    except (ValueError, KeyError, TypeError):
+        return None
+
+
+def check_evaluation(path: pathlib.Path, settings: dict, *, overwrite: bool) -> None:
+    """Refuses to replace an evaluation in `path` made with other settings, unless `overwrite`.
+
+    Raises:
+      ValueError: naming the settings that differ.
+    """
+    if overwrite or not path.is_file():
+        return
+    recorded = json.loads(path.read_text()).get("settings", {})
+    differences = config_differences(recorded, json.loads(json.dumps(settings)))
+    if differences:
+        raise ValueError(f"{path} holds an evaluation with other settings ({'; '.join(differences)}); pass "
+                         f"--overwrite to replace it, or --outdir to write this one elsewhere.")
 
 
 def check_workdir(workdir: pathlib.Path, config: Config, *, resume: bool, overwrite: bool) -> bool:

@@ -73,16 +73,64 @@ def test_sample_writes_npz_and_png_with_any_sampler(trained, monkeypatch, capsys
         assert (trained / "samples" / f"samples_4_{sampler}.png").is_file()
 
 
-def test_eval_writes_sample_metrics_and_likelihood(trained, monkeypatch, capsys):
-    code, out, err = scoresde(monkeypatch, capsys, "eval", f"--workdir={trained}", "--num_samples=64")
+def test_eval_records_what_made_its_figures(trained, tmp_path, monkeypatch, capsys):
+    workdir = pathlib.Path(shutil.copytree(trained, tmp_path / "run"))
+    code, out, err = scoresde(monkeypatch, capsys, "eval", f"--workdir={workdir}", "--num_samples=64")
     assert code == 0, err
-    results = json.loads((trained / "eval" / "step_4.json").read_text())
+    results = json.loads((workdir / "eval" / "step_4.json").read_text())
     assert results == json.loads(out.strip().splitlines()[-1])
     for key in ("sliced_wasserstein", "sliced_wasserstein_held_out", "mmd", "mmd_held_out", "test_nll_nats",
                 "in_support", "in_support_held_out", "mode_coverage", "mode_coverage_held_out"):
         assert np.isfinite(results[key]), key
     assert results["test_nll_nats_true"] == results["entropy_nats"] == pytest.approx(np.log(16))
     assert results["num_samples"] == 32  # half of the 64 held-out points, against the other half
+    sampling = tiny_runs.tiny_mlp().sampling  # the config's PC sampler, with model.num_scales = 4 steps
+    pc = {"num_steps": 4, "schedule": "uniform", "predictor": sampling.predictor,
+          "corrector": sampling.corrector, "snr": sampling.snr, "n_corrector_steps": sampling.n_steps_each}
+    assert results["settings"] == {"seed": 0, "sampler": {"name": "pc", "settings": pc}, "num_samples": 64,
+                                   "likelihood_examples": 16}
+    assert results["sampling_nfe"] == 4 * (1 + (sampling.corrector != "none")) + 1  # + 1: the denoiser
+
+    # Another sampler on the same step is refused before any work, naming what differs, and nothing changes.
+    ddim = ["--sampler=ddim", "--num_steps=3", "--num_samples=64"]
+    before = _snapshot(workdir)
+    code, out, err = scoresde(monkeypatch, capsys, "eval", f"--workdir={workdir}", *ddim)
+    assert code == 2 and len(err.strip().splitlines()) == 1, err
+    assert f"{workdir / 'eval' / 'step_4.json'} holds an evaluation with other settings (" in err
+    assert "sampler.name: pc -> ddim" in err and "--overwrite" in err and "--outdir" in err
+    assert _snapshot(workdir) == before
+
+    # --outdir writes it elsewhere; --overwrite replaces the workdir's own.
+    code, out, err = scoresde(monkeypatch, capsys, "eval", f"--workdir={workdir}", *ddim,
+                              f"--outdir={tmp_path / 'ddim'}")
+    assert code == 0, err
+    elsewhere = json.loads((tmp_path / "ddim" / "step_4.json").read_text())
+    ddim_settings = {"num_steps": 3, "schedule": "uniform", "eta": 0.0}
+    assert elsewhere["settings"]["sampler"] == {"name": "ddim", "settings": ddim_settings}
+    assert elsewhere["sampling_nfe"] == 3 + 1
+    assert json.loads((workdir / "eval" / "step_4.json").read_text()) == results
+    code, out, err = scoresde(monkeypatch, capsys, "eval", f"--workdir={workdir}", *ddim, "--overwrite")
+    assert code == 0, err
+    replaced = json.loads((workdir / "eval" / "step_4.json").read_text())
+    assert replaced["settings"] == elsewhere["settings"]
+
+    # train --overwrite starts over and takes the stale evaluations with it.
+    code, out, err = scoresde(monkeypatch, capsys, "train", f"--workdir={workdir}", *TINY_MLP_FLAGS,
+                              "--overwrite")
+    assert code == 0, err
+    assert not (workdir / "eval").exists()
+    metrics = (workdir / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(line)["step"] for line in metrics] == [2, 4, 4]  # loss at 2 and 4, eval_loss at 4
+
+
+def test_help_and_bare_scoresde_list_the_verbs_one_line_each(monkeypatch, capsys):
+    for args, expected_code, stream in ((["--help"], 0, 0), (["train", "--help"], 0, 0), ([], 2, 1)):
+        code, *streams = scoresde(monkeypatch, capsys, *args)
+        assert code == expected_code
+        lines = streams[stream].splitlines()
+        for verb in cli.VERBS:
+            (line,) = [line for line in lines if line.split()[:1] == [verb]]
+            assert len(line.split()) > 3, line  # the verb and what it does
 
 
 def test_sample_without_workdir_keeps_sampling_the_exact_score(tmp_path, monkeypatch, capsys):
@@ -120,7 +168,11 @@ BAD_TRAIN_INPUT = {
     "unknown dataset": (["--config.data.dataset=cifar"], "unknown dataset 'cifar'; valid names:"),
     "unknown optimizer": (["--config.optim.optimizer=sgd"], "unknown optimizer 'sgd'; valid names: ['Adam']"),
     "unknown sampler": (["--config.sampling.method=heun2"], "unknown sampler 'heun2'; valid names:"),
-    "unknown config key": (["--config.traning.lr=1e-3"], "Did you mean \"training\" instead of \"traning\"?"),
+    "unknown config key": (["--config.traning.lr=1e-3"], "--config.traning.lr: the config has no field "
+                           "'traning'. Did you mean \"training\" instead of \"traning\"?"),
+    "misspelt config field": (["--config.training.bach_size=8"],
+                              "--config.training.bach_size: the config has no field 'bach_size'. Did you "
+                              "mean \"batch_size\" instead of \"bach_size\"?"),
     "unknown config field": (["--config.training.nosuch=1"],
                              "--config.training.nosuch: the config has no field 'nosuch'."),
     "unknown model option": (["--config=configs/toy/checkerboard.py:vesde", "--config.model.name=ncsnpp"],
@@ -144,7 +196,7 @@ def test_bad_train_input_is_one_line_and_exit_2(case, tmp_path, monkeypatch, cap
     code, out, err = scoresde(monkeypatch, capsys, "train", f"--workdir={workdir}", *files, *rest)
     assert code == 2
     assert len(err.strip().splitlines()) == 1 and "Traceback" not in err, err
-    assert message in err, err
+    assert message in err and "\\" not in err, err  # plain text, not an escaped repr
     assert not workdir.exists()
 
 
@@ -196,6 +248,26 @@ def test_a_workdir_with_another_config_is_refused_untouched(trained, tmp_path, m
 def test_bad_sample_and_eval_input(args, message, monkeypatch, capsys):
     code, out, err = scoresde(monkeypatch, capsys, *args)
     assert code == 2 and len(err.strip().splitlines()) == 1 and message in err, err
+
+
+@pytest.mark.parametrize("args,message", [
+    (["sample", "--sde=vesde"], "--sde: only for `sample` without --workdir (an exact-score problem)"),
+    (["eval", "--problem=mixture_image", "--sde=vesde"], "--problem and --sde: only for `sample` without"),
+    (["sample", "--num_samples=0"], "--num_samples must be >= 1; got 0."),
+    (["eval", "--num_samples=-5"], "--num_samples must be >= 1; got -5."),
+])
+def test_flags_a_workdir_run_cannot_take_are_refused(args, message, trained, monkeypatch, capsys):
+    before = _snapshot(trained)
+    code, out, err = scoresde(monkeypatch, capsys, *args, f"--workdir={trained}")
+    assert code == 2 and len(err.strip().splitlines()) == 1 and message in err, err
+    assert _snapshot(trained) == before
+
+
+def test_sample_without_workdir_refuses_no_samples(tmp_path, monkeypatch, capsys):
+    code, out, err = scoresde(monkeypatch, capsys, "sample", "--num_samples=0",
+                              f"--outdir={tmp_path / 'out'}")
+    assert code == 2 and err.strip() == "scoresde sample: error: --num_samples must be >= 1; got 0.", err
+    assert not (tmp_path / "out").exists()
 
 
 def test_sample_with_an_unknown_sampler_on_a_workdir(trained, monkeypatch, capsys):

@@ -88,6 +88,21 @@ def test_resume_repeats_an_uninterrupted_run_bitwise(mlp_run, tmp_path):
     assert _leaves_equal(straight, resumed)
 
 
+def test_a_resumed_run_logs_every_step_once(mlp_run, tmp_path):
+    """Lines logged past the newest checkpoint (and one cut short by a preemption) are dropped on resume."""
+    workdir = _copy_of(mlp_run[3], tmp_path)
+    logged = (workdir / workdir_lib.METRICS_FILE).read_text()
+    with (workdir / workdir_lib.METRICS_FILE).open("a") as log:
+        log.write('{"step": 6, "loss": 1.0}\n{"step": 8, "lo')
+    eight_steps = _experiment(tiny_runs.tiny_mlp(**{"training.n_iters": 8}))
+    train.run(eight_steps, workdir, resume=True, progress=False)
+    lines = (workdir / workdir_lib.METRICS_FILE).read_text().splitlines()
+    assert "\n".join(lines[:len(logged.splitlines())]) + "\n" == logged
+    steps = [(m["step"], tuple(sorted(m))) for m in map(json.loads, lines)]
+    assert len(set(steps)) == len(steps) and [step for step, _ in steps] == [2, 4, 4, 6, 8, 8]
+    assert not list(workdir.glob("*.tmp"))
+
+
 def test_a_workdir_with_another_config_is_refused_and_left_alone(mlp_run, tmp_path):
     workdir = _copy_of(mlp_run[3], tmp_path)
     before = {p: p.stat().st_mtime_ns for p in workdir.rglob("*")}
