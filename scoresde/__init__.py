@@ -1,9 +1,27 @@
-"""scoresde: score-based generative modelling with stochastic differential equations, in JAX."""
+"""scoresde: score-based generative modelling with stochastic differential equations, in JAX.
 
-from scoresde import likelihood, samplers, schedules, toy
+Public modules, each an attribute of the package: `likelihood`, `losses`, `models`, `samplers`, `schedules`,
+`sde`, `toy`, and `experiment` (building and restoring training runs), which is imported on first use because
+it loads the checkpoint and optimizer libraries.
+"""
+
+import importlib
+
+# Score-function transforms (`guidance`) join this list as one more public module.
+from scoresde import likelihood, losses, models, samplers, schedules, sde, toy
 from scoresde.likelihood import bits_per_dim, log_likelihood
 from scoresde.samplers import sample
 from scoresde.sde import SDE, SubVPSDE, VESDE, VPSDE
+
+_ON_FIRST_USE = ("experiment",)
+
+
+def __getattr__(name: str):
+    """Imports the public modules of `_ON_FIRST_USE` when first asked for (PEP 562)."""
+    if name in _ON_FIRST_USE:
+        return importlib.import_module(f"scoresde.{name}")
+    raise AttributeError(f"module 'scoresde' has no attribute {name!r}")
+
 
 __all__ = [
     "SDE",
@@ -11,10 +29,14 @@ __all__ = [
     "VESDE",
     "VPSDE",
     "bits_per_dim",
+    "experiment",
     "likelihood",
     "log_likelihood",
+    "losses",
+    "models",
     "sample",
     "samplers",
     "schedules",
+    "sde",
     "toy",
 ]

@@ -3,7 +3,6 @@
 import functools
 import json
 import math
-import pathlib
 import re
 import subprocess
 import sys
@@ -285,18 +284,3 @@ def test_quick_cli_writes_a_reproducible_report(tmp_path):
     quick = exact.QUICK
     assert len(payloads[0]["records"]) == len(quick.sdes) * len(quick.samplers) * len(quick.nfes)
     assert all(r["nfe"] <= r["nfe_target"] for r in payloads[0]["records"])
-
-
-@pytest.mark.slow
-def test_readme_sampler_example_runs_as_printed(tmp_path, monkeypatch):
-    """README's "Benchmark your own sampler" block: a midpoint sampler in the grid, of second order."""
-    readme = (pathlib.Path(__file__).resolve().parents[1] / "README.md").read_text()
-    section = readme[readme.index("### Benchmark your own sampler"):]
-    code = re.search(r"```python\n(.*?)```", section, re.S).group(1)
-    monkeypatch.chdir(tmp_path)
-    namespace = {}
-    exec(compile(code, "README.md", "exec"), namespace)
-    assert (tmp_path / "out" / "bench" / "midpoint" / "results.json").is_file()
-    nfe, errors = zip(*namespace["midpoint"])
-    assert nfe == (20, 40, 80)
-    assert abs(accuracy.convergence_order(nfe, errors) - 2.0) <= 0.4
