@@ -10,6 +10,7 @@ import pathlib
 import re
 
 import jax
+import jax.numpy as jnp
 import pytest
 
 from scoresde import config as config_lib
@@ -20,6 +21,13 @@ from scoresde.bench import accuracy
 import tiny_runs
 
 README = pathlib.Path(__file__).resolve().parents[1] / "README.md"
+# A toy config shrunk to a 16-wide MLP trained 4 steps on 256 points: a run to restore, not a good model.
+TINY_TOY = {
+    "data.num_train": 256, "data.num_test": 64, "model.width": 16, "model.depth": 1,
+    "training.n_jitted_steps": 2, "training.n_iters": 4, "training.log_freq": 2, "training.eval_freq": 4,
+    "training.snapshot_freq": 4, "training.snapshot_freq_for_preemption": 2,
+    "training.snapshot_sampling": False,
+}
 BLOCK = re.compile(r"(?:<!-- readme-test: (\w+) -->\n)?```python\n(.*?)```", re.S)
 
 
@@ -44,7 +52,7 @@ OWN = {block.test: block for block in blocks() if block.test is not None}
 
 def test_every_block_is_run_by_a_test():
     assert len(CHAIN) + len(OWN) == README.read_text().count("```python")
-    assert sorted(OWN) == ["midpoint", "trained_run"]  # each one's test is below
+    assert sorted(OWN) == ["guidance", "midpoint", "trained_run"]  # each one's test is below
 
 
 @pytest.fixture(scope="module")
@@ -65,15 +73,32 @@ def test_chained_block_runs(index, chain, monkeypatch):
         assert float(mix.log_prob(x).mean()) > float(mix.log_prob(data).mean()) - 3.0
 
 
+def _train_tiny(config: str, workdir: pathlib.Path, overrides: dict) -> None:
+    config_dict = tiny_runs.load(config, overrides=overrides)
+    experiment = experiment_lib.build_experiment(config_lib.from_config_dict(config_dict))
+    train.run(experiment, workdir, progress=False)
+
+
 def test_trained_run_block(tmp_path, monkeypatch):
     """The block that restores runs/checkerboard, on a tiny run of the same config trained there."""
     monkeypatch.chdir(tmp_path)
-    experiment = experiment_lib.build_experiment(config_lib.from_config_dict(tiny_runs.tiny_mlp()))
-    train.run(experiment, tmp_path / "runs" / "checkerboard", progress=False)
+    _train_tiny("toy/checkerboard", tmp_path / "runs" / "checkerboard", tiny_runs.TINY_MLP)
     namespace = {}
     OWN["trained_run"].run(namespace)
     assert namespace["x"].shape == (1000, 2) and bool(jax.numpy.isfinite(namespace["x"]).all())
     assert int(namespace["nfe"]) == namespace["sd"].samplers.Heun().nfe() + 1  # + 1: the final denoiser
+
+
+def test_guidance_block(tmp_path, monkeypatch):
+    """The classifier-guidance block, on tiny runs of the two configs it names, trained where it looks."""
+    pytest.importorskip("scoresde.guidance", reason="the block calls scoresde.guidance, not in this tree yet")
+    monkeypatch.chdir(tmp_path)
+    _train_tiny("toy/mixture", tmp_path / "runs" / "eight", TINY_TOY)
+    _train_tiny("toy/classifier", tmp_path / "runs" / "eight_cls", TINY_TOY)
+    namespace = {}
+    OWN["guidance"].run(namespace)
+    x = jnp.zeros((4, 2))
+    assert namespace["score_fn"](x, jnp.full((4,), 0.5)).shape == x.shape
 
 
 @pytest.mark.slow
