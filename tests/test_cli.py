@@ -233,7 +233,8 @@ def test_a_workdir_with_another_config_is_refused_untouched(trained, tmp_path, m
     code, out, err = scoresde(monkeypatch, capsys, "train", f"--workdir={workdir}", *TINY_MLP_FLAGS,
                               "--config.optim.lr=0.01")
     assert code == 2 and len(err.strip().splitlines()) == 1, err
-    assert "holds a run with a different config (optim.lr: 0.001 -> 0.01); pass --resume" in err
+    lr = tiny_runs.tiny_mlp().optim.lr
+    assert f"holds a run with a different config (optim.lr: {lr} -> 0.01); pass --resume" in err
     assert _snapshot(workdir) == before
 
 

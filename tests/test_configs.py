@@ -19,7 +19,8 @@ CIFAR10_PARAMETERS = {
     "cifar10/subvp_ddpmpp_deep_continuous": 106_632_579,
     "cifar10/ddpm": 35_218_947,
 }
-SDE_CONFIGS = [(path, sde) for path in ("toy/checkerboard", "toy/swiss_roll", "toy/mixture", "digits/ddpmpp")
+TOY_CONFIGS = ("toy/checkerboard", "toy/swiss_roll", "toy/mixture", "toy/rings", "toy/two_moons")
+SDE_CONFIGS = [(path, sde) for path in (*TOY_CONFIGS, "digits/ddpmpp")
                for sde in ("vpsde", "subvpsde", "vesde")]
 ALL_CONFIGS = [(path, ()) for path in ["default", *CIFAR10_PARAMETERS]] + [(p, (s,)) for p, s in SDE_CONFIGS]
 

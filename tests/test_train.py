@@ -1,7 +1,8 @@
 """Tests for scoresde/train.py: end-to-end runs, bitwise resume, workdir protection, optimizer and EMA.
 
 CPU compilation dominates, so runs use a tiny MLP (tests/tiny_runs.py); the learning test, which trains the
-full checkerboard config, is marked slow, and so is the tiny NCSN++ run (tests/test_cli.py).
+checkerboard config for a quarter of its steps, is marked slow, and so is the tiny NCSN++ run
+(tests/test_cli.py).
 """
 
 import functools
@@ -19,9 +20,9 @@ import pytest
 
 from scoresde import config as config_lib
 from scoresde import experiment as experiment_lib
-from scoresde import optim, train
+from scoresde import optim, toy2d, train
 from scoresde import workdir as workdir_lib
-from scoresde.evaluation import point_metrics
+from scoresde.evaluation import support_metrics
 
 import tiny_runs
 
@@ -107,7 +108,8 @@ def test_a_workdir_with_another_config_is_refused_and_left_alone(mlp_run, tmp_pa
     workdir = _copy_of(mlp_run[3], tmp_path)
     before = {p: p.stat().st_mtime_ns for p in workdir.rglob("*")}
     changed = _experiment(tiny_runs.tiny_mlp(**{"optim.lr": 1e-2}))
-    with pytest.raises(ValueError, match=r"different config \(optim.lr: 0.001 -> 0.01\); pass --resume"):
+    lr = tiny_runs.tiny_mlp().optim.lr
+    with pytest.raises(ValueError, match=rf"different config \(optim.lr: {lr} -> 0.01\); pass --resume"):
         train.run(changed, workdir, progress=False)
     assert {p: p.stat().st_mtime_ns for p in workdir.rglob("*")} == before
 
@@ -184,12 +186,13 @@ def test_sharded_training_on_two_devices_matches_one_device():
 
 
 @pytest.mark.slow
-def test_checkerboard_config_learns_to_within_twice_the_held_out_distance(tmp_path):
-    """The toy checkerboard config, as the README runs it: sliced Wasserstein of 1000 samples to 1000 held-out
-    points within 2x of that between two held-out sets of 1000 (measured: 0.139 vs 0.081, as `scoresde eval`
-    reports on the main job's run)."""
-    experiment = _experiment(tiny_runs.load("toy/checkerboard"))
+def test_checkerboard_config_puts_most_samples_in_the_cells(tmp_path):
+    """The main job's config (configs/toy/checkerboard.py) at a quarter of its steps: at least 75% of 1000 PC
+    samples land in the checkerboard's cells, where uniform noise over its rectangle puts 50% and held-out
+    data 100% (tests/test_evaluation.py). The full run's figures are in README."""
+    quarter = {"training.n_iters": 4000, "training.snapshot_freq": 4000, "training.snapshot_sampling": False}
+    experiment = _experiment(tiny_runs.load("toy/checkerboard", overrides=quarter))
     state = train.run(experiment, tmp_path, progress=False)
     x, _ = experiment_lib.sampling_fn(experiment, 1000)(state.ema_params, jax.random.PRNGKey(0))
-    result = point_metrics(jax.random.PRNGKey(0), x, experiment.dataset)
-    assert result["sliced_wasserstein"] < 2 * result["sliced_wasserstein_held_out"], result
+    figures = support_metrics(toy2d.TOYS["checkerboard"], x)
+    assert figures["in_support"] >= 0.75, figures

@@ -1,6 +1,7 @@
-"""Settings shared by the 2-D toy experiments: a residual MLP trained on CPU in a few minutes.
+"""Settings shared by the 2-D toy experiments: an MLP on Fourier features, trained on CPU in two minutes.
 
-Not a config by itself: checkerboard.py, swiss_roll.py and mixture.py call `toy_config(dataset, sde)`.
+Not a config by itself: checkerboard.py, swiss_roll.py, mixture.py, rings.py and two_moons.py call
+`toy_config(dataset, sde)`. README ("The main job, tuned") has the sweep behind these settings.
 """
 
 import pathlib
@@ -20,12 +21,12 @@ def toy_config(dataset: str, sde: str) -> ml_collections.ConfigDict:
     training = config.training
     training.reduce_mean = True
     training.batch_size = 256
-    training.n_iters = 8_000
+    training.n_iters = 16_000
     training.n_jitted_steps = 50
     training.log_freq = 200
     training.eval_freq = 1_000
-    training.snapshot_freq = 8_000
-    training.snapshot_freq_for_preemption = 4_000  # 15 s apart on 2 CPU cores: a save costs ~0.2 s of CPU
+    training.snapshot_freq = 16_000
+    training.snapshot_freq_for_preemption = 4_000  # ~30 s apart on 2 CPU cores: a save costs ~0.2 s of CPU
     training.keep_checkpoints = 2
 
     # In two dimensions the corrector's Langevin steps at the reference's snr 0.16 (tuned for 3072-dimensional
@@ -44,7 +45,11 @@ def toy_config(dataset: str, sde: str) -> ml_collections.ConfigDict:
     model.num_scales = 500
     model.width = 128
     model.depth = 3
+    # Random Fourier features of x (Tancik et al. 2020): on raw coordinates the MLP puts 52% of its samples in
+    # the checkerboard's cells after 8000 steps, barely above uniform noise's 50%; with them 84%.
+    model.input_features = 64
+    model.input_scale = 1.0
 
-    config.optim.lr = 1e-3
+    config.optim.lr = 2e-3
     config.optim.warmup = 100
     return config
