@@ -1,8 +1,9 @@
 """scoresde: score-based generative modelling with stochastic differential equations, in JAX.
 
 Public modules, each an attribute of the package: `likelihood`, `losses`, `models`, `samplers`, `schedules`,
-`sde`, `toy`, and `experiment` (building and restoring training runs), which is imported on first use because
-it loads the checkpoint and optimizer libraries.
+`sde`, `toy`, and, imported on first use because they load further libraries, `experiment` (building and
+restoring training runs: checkpoint and optimizer libraries) and `toy2d` (the 2-D toy distributions with their
+support, modes, density and entropy: scipy).
 """
 
 import importlib
@@ -13,7 +14,7 @@ from scoresde.likelihood import bits_per_dim, log_likelihood
 from scoresde.samplers import sample
 from scoresde.sde import SDE, SubVPSDE, VESDE, VPSDE
 
-_ON_FIRST_USE = ("experiment",)
+_ON_FIRST_USE = ("experiment", "toy2d")
 
 
 def __getattr__(name: str):
@@ -39,4 +40,5 @@ __all__ = [
     "schedules",
     "sde",
     "toy",
+    "toy2d",
 ]
