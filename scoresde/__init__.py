@@ -1,15 +1,14 @@
 """scoresde: score-based generative modelling with stochastic differential equations, in JAX.
 
-Public modules, each an attribute of the package: `likelihood`, `losses`, `models`, `samplers`, `schedules`,
-`sde`, `toy`, and, imported on first use because they load further libraries, `experiment` (building and
-restoring training runs: checkpoint and optimizer libraries) and `toy2d` (the 2-D toy distributions with their
-support, modes, density and entropy: scipy).
+Public modules, each an attribute of the package: `guidance`, `likelihood`, `losses`, `models`, `samplers`,
+`schedules`, `sde`, `toy`, and, imported on first use because they load further libraries, `experiment`
+(building and restoring training runs: checkpoint and optimizer libraries) and `toy2d` (the 2-D toy
+distributions with their support, modes, density and entropy: scipy).
 """
 
 import importlib
 
-# Score-function transforms (`guidance`) join this list as one more public module.
-from scoresde import likelihood, losses, models, samplers, schedules, sde, toy
+from scoresde import guidance, likelihood, losses, models, samplers, schedules, sde, toy
 from scoresde.likelihood import bits_per_dim, log_likelihood
 from scoresde.samplers import sample
 from scoresde.sde import SDE, SubVPSDE, VESDE, VPSDE
@@ -31,6 +30,7 @@ __all__ = [
     "VPSDE",
     "bits_per_dim",
     "experiment",
+    "guidance",
     "likelihood",
     "log_likelihood",
     "losses",

@@ -106,9 +106,11 @@ class GaussianMixture:
         log_n, _ = self._components(x, alpha, sigma)
         return jax.nn.logsumexp(self.log_weights + log_n, axis=-1)
 
-    def _score(self, x: Array, alpha: Array, sigma: Array) -> Array:
+    def _score(self, x: Array, alpha: Array, sigma: Array, log_weights: Array | None = None) -> Array:
+        """The score of sum_k w_k N_k at x; log_weights: [K] or [B, K] (default: the mixture's)."""
         log_n, y_over_var = self._components(x, alpha, sigma)
-        resp = jax.nn.softmax(self.log_weights + log_n, axis=-1)  # [B, K]
+        log_weights = self.log_weights if log_weights is None else log_weights
+        resp = jax.nn.softmax(log_weights + log_n, axis=-1)  # [B, K]
         k, d = self.means.shape
         weighted = (resp[:, :, None] * y_over_var).reshape(x.shape[0], k * d)
         return -(weighted @ jnp.transpose(self.eigvecs, (0, 2, 1)).reshape(k * d, d)).reshape(x.shape)
@@ -125,6 +127,73 @@ class GaussianMixture:
     def score_fn(self, sde: SDE) -> Callable[[Array, Array], Array]:
         """Exact score grad_x log p_t(x) of the marginal at time t: (x, t: [B]) -> shaped like x."""
         return lambda x, t: self._score(x, sde.alpha(t), sde.sigma(t))
+
+    def log_posterior_fn(self, sde: SDE) -> Callable[[Array, Array], Array]:
+        """log p(k | x_t) of the components given a draw of the marginal at time t: (x, t: [B]) -> [B, K].
+
+        The exact noise-conditional classifier of a mixture: with it, classifier guidance at scale 1 turns the
+        mixture score into component k's (Bayes: grad log p_t(x | k) = grad log p_t(x) + grad log p(k | x_t)).
+        """
+
+        def log_posterior(x, t):
+            log_n, _ = self._components(x, sde.alpha(t), sde.sigma(t))
+            return jax.nn.log_softmax(self.log_weights + log_n, axis=-1)
+
+        return log_posterior
+
+    def conditional_score_fn(self, sde: SDE) -> Callable[[Array, Array, Array], Array]:
+        """Exact class-conditional score (x, t: [B], cond: [B] int) -> shaped like x, cond = K the null class.
+
+        cond = k in 0 .. K-1 is the score of component k's marginal at t, cond = K that of the whole mixture:
+        the oracle of a class-conditional network trained with label dropout to a null class.
+        """
+        k = self.log_weights.shape[0]
+
+        def score(x, t, cond):
+            one_hot = jnp.where(jnp.arange(k) == cond[:, None], 0.0, -jnp.inf)
+            log_weights = jnp.where((cond == k)[:, None], self.log_weights, one_hot)
+            return self._score(x, sde.alpha(t), sde.sigma(t), log_weights)
+
+        return score
+
+    def component(self, k: int) -> "GaussianMixture":
+        """Component k alone, N(mu_k, Sigma_k), as a one-component mixture."""
+        pick = lambda a: a[k : k + 1]
+        return self.replace(
+            log_weights=jnp.zeros((1,)), means=pick(self.means), eigvecs=pick(self.eigvecs),
+            eigvals=pick(self.eigvals),
+        )
+
+    def linear_map(self, matrix) -> "GaussianMixture":
+        """The distribution of A x for x from this mixture, A: [D, D] invertible (events flattened)."""
+        a = np.asarray(matrix, np.float64)
+        means, covs = (np.asarray(v, np.float64) for v in (self.means, self.covs))
+        return GaussianMixture.create(np.asarray(self.weights), means @ a.T, a @ covs @ a.T)
+
+    def condition(self, known, values) -> "GaussianMixture":
+        """The exact conditional of the unknown coordinates given x[known] = values[known].
+
+        p(x_B | x_A = a) = sum_k w'_k N(mu_kB + S_kBA S_kAA^-1 (a - mu_kA), S_kBB - S_kBA S_kAA^-1 S_kAB) with
+        w'_k proportional to w_k N(a; mu_kA, S_kAA) (Bishop 2006, Eqs. 2.81-2.82): a mixture over the
+        unknown coordinates, flattened in C order. known: event-shaped booleans (some but not all true);
+        values: event-shaped.
+        """
+        known = np.asarray(known, bool).reshape(-1)
+        if known.shape != (self.dim,) or known.all() or not known.any():
+            raise ValueError(f"known must be {self.event_shape}-shaped, with some but not all entries true.")
+        a = np.asarray(values, np.float64).reshape(-1)[known]
+        means, covs = (np.asarray(v, np.float64) for v in (self.means, self.covs))
+        s_aa, s_ba = covs[:, known][:, :, known], covs[:, ~known][:, :, known]
+        gain = np.linalg.solve(s_aa, np.swapaxes(s_ba, 1, 2)).transpose(0, 2, 1)  # S_BA S_AA^-1: [K, B, A]
+        resid = a - means[:, known]
+        cond_means = means[:, ~known] + np.einsum("kba,ka->kb", gain, resid)
+        cond_covs = covs[:, ~known][:, :, ~known] - np.einsum("kba,kca->kbc", gain, s_ba)
+        log_n = -0.5 * (
+            np.einsum("ka,ka->k", resid, np.linalg.solve(s_aa, resid[:, :, None])[:, :, 0])
+            + np.linalg.slogdet(2 * np.pi * s_aa)[1]
+        )
+        log_w = np.asarray(self.log_weights, np.float64) + log_n
+        return GaussianMixture.create(np.exp(log_w - log_w.max()), cond_means, cond_covs)
 
     def marginal(self, sde: SDE, t: float) -> "GaussianMixture":
         """The mixture p_t itself, with covariances alpha^2 Sigma_k + sigma^2 I, as a GaussianMixture."""
@@ -150,6 +219,16 @@ def mixture_2d() -> GaussianMixture:
     return GaussianMixture.create(
         weights=[0.5, 0.3, 0.2], means=[[-1.0, -0.5], [1.0, 0.5], [0.0, 1.2]], covs=covs
     )
+
+
+def mixture_inpainting() -> GaussianMixture:
+    """Five equal round modes in 2-D on a zigzag, x_1 = +-1.5 alternating along x_0 = -2 .. 2 (std 0.35).
+
+    Which mode x_1 falls in is decided by x_0: the inpainting problem of tests/test_guidance.py (x_0 known).
+    """
+    means = np.stack([np.arange(-2.0, 3.0), 1.5 * np.array([1, -1, 1, -1, 1])], axis=1)
+    covs = np.stack([0.35**2 * np.eye(2)] * 5)
+    return GaussianMixture.create(weights=np.full(5, 0.2), means=means, covs=covs)
 
 
 def mixture_image(shape: tuple[int, int, int] = (4, 4, 2)) -> GaussianMixture:
@@ -195,7 +274,9 @@ def build_problem(name: str) -> GaussianMixture:
     """Named exact-score problems shared by the CLI, the tests and the benchmarks, or a mixture .npz file."""
     if name.endswith(".npz"):
         return load_mixture(name)
-    problems = {"mixture_2d": mixture_2d, "mixture_image": mixture_image}
+    problems = {
+        "mixture_2d": mixture_2d, "mixture_image": mixture_image, "mixture_inpainting": mixture_inpainting
+    }
     if name not in problems:
         raise ValueError(
             f"unknown exact-score problem {name!r}; valid names: {sorted(problems)}, "

@@ -41,6 +41,16 @@ def assert_matches_mixture(mix: GaussianMixture, x, exact) -> None:
     _within("mode covariances", a.covs, b.covs, cov_se)
 
 
+def assert_matches_gaussian(x, mean, cov) -> None:
+    """Asserts that the mean and covariance of samples x: [n, D] are those of N(mean, cov) within Z standard
+    errors (one sample set against the exact moments)."""
+    x, mean, cov = (np.asarray(a, np.float64) for a in (x, mean, cov))
+    assert np.all(np.isfinite(x)), "samples are not finite"
+    n, var = x.shape[0], np.diagonal(cov)
+    _within("mean", x.mean(0), mean, np.sqrt(var / n))
+    _within("covariance", np.cov(x.T), cov, np.sqrt((var[:, None] * var[None, :] + cov**2) / n))
+
+
 def _within(what: str, got, want, standard_error) -> None:
     got, want = np.asarray(got), np.asarray(want)
     excess = np.abs(got - want) / (Z * standard_error)

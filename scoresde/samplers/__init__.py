@@ -6,7 +6,7 @@ from typing import Any
 
 import jax
 
-from scoresde.samplers.base import FixedStepSampler, Sampler, in_work_dtype, per_example
+from scoresde.samplers.base import Constraint, FixedStepSampler, Sampler, in_work_dtype, per_example
 from scoresde.samplers.deis import DEIS
 from scoresde.samplers.exponential import DDIM, DPMSolverPP, UniPC
 from scoresde.samplers.ipndm import IPNDM
@@ -59,6 +59,7 @@ def sample(
     denoise: bool = True,
     x_init: Array | None = None,
     axis_name: Any = None,
+    constraint: Constraint | None = None,
 ) -> tuple[Array, Array]:
     """Draws samples by integrating from the prior at T down to eps, then optionally denoising.
 
@@ -72,6 +73,8 @@ def sample(
       denoise: finish with Tweedie's denoiser E[x_0 | x_eps] (one more score evaluation).
       x_init: start from this x_T: `shape` instead of a prior draw (encode/decode, solver studies).
       axis_name: inside the caller's pmap, the mapped axis over which batch statistics are averaged.
+      constraint: a per-step constraint of the state (see `base.scan_grid`), as `scoresde.guidance.inpaint`
+        and `colorize` build; fixed-step samplers only.
 
     Returns:
       (x: `shape`, in the dtype of x_init (float32 without it), nfe: the number of score evaluations made, an
@@ -94,7 +97,7 @@ def sample(
     check_score_fn(score_fn, x)
     dtype = x.dtype
     score_fn, x = in_work_dtype(score_fn, x)
-    x, nfe = sampler.solve(k_solve, sde, score_fn, x, eps, axis_name)
+    x, nfe = sampler.solve(k_solve, sde, score_fn, x, eps, axis_name, constraint)
     if denoise:
         t = per_example(eps, x)
         x = sde.denoise(score_fn(x, t), x, t)

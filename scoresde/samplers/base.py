@@ -18,14 +18,31 @@ from scoresde.sde import SDE, ScoreFn
 Array = jax.Array
 
 
+StepFn = Callable[[Any, Array, Array, Array], Any]
+# A per-step constraint (inpainting, colorization: `scoresde.samplers.constraints`):
+# constraint(i, advance, x_t, t, s) -> the carry at s, where advance(x_t) runs the sampler's own step i from t
+# to s and returns its carry. The constraint may change the state before or after the step, or run it again.
+Constraint = Callable[[Array, Callable[[Array], Any], Array, Array, Array], Any]
+
+
 class Sampler(abc.ABC):
     """A frozen, hashable set of settings that integrates a sample from t = T down to t = eps."""
 
     @abc.abstractmethod
     def solve(
-        self, key: Array, sde: SDE, score_fn: ScoreFn, x: Array, eps: float, axis_name: Any = None
+        self,
+        key: Array,
+        sde: SDE,
+        score_fn: ScoreFn,
+        x: Array,
+        eps: float,
+        axis_name: Any = None,
+        constraint: Constraint | None = None,
     ) -> tuple[Array, Array]:
-        """Maps x ~ p_T: [B, ...] to x ~ p_eps; returns (x, number of score evaluations made)."""
+        """Maps x ~ p_T: [B, ...] to x ~ p_eps; returns (x, number of score evaluations made).
+
+        A `constraint` (see `scan_grid`) runs every step of a fixed-step sampler; adaptive samplers refuse it.
+        """
 
     def with_nfe(self, nfe: int) -> "Sampler":
         """This sampler set to make at most `nfe` score evaluations per solve (benchmarks at equal cost)."""
@@ -129,9 +146,12 @@ class FixedStepSampler(Sampler):
         """The times of the solve, float64 on the host: [num_steps + 1], from T to eps."""
         return schedules.build_schedule(self.schedule, sde, self.num_steps, eps)
 
-    def solve(self, key, sde, score_fn, x, eps, axis_name=None):
+    def solve(self, key, sde, score_fn, x, eps, axis_name=None, constraint=None):
         ts = self.grid(sde, eps)
-        return self.solve_grid(key, sde, score_fn, x, ts, axis_name), jnp.asarray(self._nfe_of(ts), jnp.int32)
+        # A solve_grid written without a constraint argument still runs unconstrained.
+        extra = () if constraint is None else (constraint,)
+        x = self.solve_grid(key, sde, score_fn, x, ts, axis_name, *extra)
+        return x, jnp.asarray(self._nfe_of(ts), jnp.int32)
 
     def _nfe_of(self, ts: np.ndarray) -> int:
         # A subclass's own grid() may differ in length from num_steps: count the steps it does take.
@@ -140,30 +160,51 @@ class FixedStepSampler(Sampler):
         return dataclasses.replace(self, num_steps=len(ts) - 1, schedule=SCHEDULE_FOR_COUNTING).nfe()
 
     def solve_grid(
-        self, key: Array, sde: SDE, score_fn: ScoreFn, x: Array, ts: Array, axis_name: Any = None
+        self,
+        key: Array,
+        sde: SDE,
+        score_fn: ScoreFn,
+        x: Array,
+        ts: Array,
+        axis_name: Any = None,
+        constraint: Constraint | None = None,
     ) -> Array:
-        """x at ts[-1] from x: [B, ...] at ts[0], over the grid ts: [N + 1] (float64 numpy, or traced)."""
+        """x at ts[-1] from x: [B, ...] at ts[0], over the grid ts: [N + 1] (float64 numpy, or traced);
+        `constraint` goes to `scan_grid`."""
         raise ValueError(f"{type(self).__name__} does not implement solve_grid, so it runs only on its own "
                          f"grid and its grid cannot be fitted.")
 
 
 SCHEDULE_FOR_COUNTING = "uniform"  # nfe() depends on num_steps alone; any named schedule will do
 
-StepFn = Callable[[Any, Array, Array, Array], Any]
+
+def state(carry: Any) -> Array:
+    """The sample x inside a scan carry: the carry itself, or the first element of a tuple carry."""
+    return carry[0] if isinstance(carry, tuple) else carry
 
 
-def scan_grid(step: StepFn, carry: Any, ts: Array) -> Any:
+def with_state(carry: Any, x: Array) -> Any:
+    """The carry with its sample replaced by x."""
+    return (x,) + tuple(carry[1:]) if isinstance(carry, tuple) else x
+
+
+def scan_grid(step: StepFn, carry: Any, ts: Array, constraint: Constraint | None = None) -> Any:
     """Runs carry = step(carry, i, t_i, t_{i+1}) for i = 0 .. N-1 over the grid ts: [N + 1], in one
     lax.scan.
 
     The times are cast once to the dtype of the carry's first leaf (the state x), so a float64 host grid never
-    changes the carry's dtype.
+    changes the carry's dtype. A carry is the sample x itself, or a tuple whose first element is x (`state`).
+    With a `constraint`, each step runs through it instead: carry = constraint(i, advance, x, t_i, t_{i+1}),
+    where advance(x') is step i from the carry with its sample replaced by x'.
     """
     ts = jnp.asarray(ts, jax.tree.leaves(carry)[0].dtype)
 
     def body(carry, inputs):
         i, t, s = inputs
-        return step(carry, i, t, s), None
+        if constraint is None:
+            return step(carry, i, t, s), None
+        advance = lambda x: step(with_state(carry, x), i, t, s)
+        return constraint(i, advance, state(carry), t, s), None
 
     steps = jnp.arange(ts.shape[0] - 1)
     carry, _ = lax.scan(body, carry, (steps, ts[:-1], ts[1:]))

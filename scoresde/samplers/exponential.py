@@ -111,7 +111,7 @@ class DDIM(FixedStepSampler):
         super().__post_init__()
         require(0 <= self.eta <= 1, f"DDIM: eta must lie in [0, 1]; got eta={self.eta!r}.")
 
-    def solve_grid(self, key, sde, score_fn, x, ts, axis_name=None):
+    def solve_grid(self, key, sde, score_fn, x, ts, axis_name=None, constraint=None):
         def step(x, i, t, s):
             x0 = sde.data_prediction(score_fn, x, per_example(t, x))
             eps_hat = (x - sde.alpha(t) * x0) / sde.sigma(t)
@@ -122,7 +122,7 @@ class DDIM(FixedStepSampler):
                 x = x + c * jax.random.normal(jax.random.fold_in(key, i), x.shape, x.dtype)
             return x
 
-        return scan_grid(step, x, ts)
+        return scan_grid(step, x, ts, constraint)
 
 
 def step_orders(num_steps: int, order: int) -> list[int]:
@@ -178,7 +178,9 @@ def multistep_coefficients(sde: SDE, ts: Array, order: int, corrector: bool) -> 
     return coefficients
 
 
-def multistep(sde: SDE, score_fn: ScoreFn, x: Array, ts: Array, order: int, corrector: bool) -> Array:
+def multistep(
+    sde: SDE, score_fn: ScoreFn, x: Array, ts: Array, order: int, corrector: bool, constraint=None
+) -> Array:
     """The multistep exponential integrator shared by DPM-Solver++ and UniPC; one x0 evaluation per step.
 
     Step i from t_i to t_{i+1} predicts
@@ -187,7 +189,8 @@ def multistep(sde: SDE, score_fn: ScoreFn, x: Array, ts: Array, order: int, corr
     redo the step; the corrected point is kept, the evaluation at the predicted one is reused by the next step
     (Zhao et al. 2023, UniPC). The last step only predicts, since its correction would cost an evaluation.
     The weights depend on the grid alone, so they are computed before the loop (`multistep_coefficients`),
-    which is left with the score calls and a few axpys.
+    which is left with the score calls and a few axpys. A `constraint` (`scan_grid`) that changes x leaves
+    the history of x0 as it was evaluated, before the change.
     """
     coefficients = multistep_coefficients(sde, ts, order, corrector)
     c = {name: jnp.asarray(v, x.dtype) for name, v in coefficients.items()}
@@ -206,7 +209,7 @@ def multistep(sde: SDE, score_fn: ScoreFn, x: Array, ts: Array, order: int, corr
         return x_next, jnp.concatenate([x0_next[None], x0s[:-1]])
 
     x0 = sde.data_prediction(score_fn, x, per_example(jnp.asarray(ts[0], x.dtype), x))
-    x, x0s = scan_grid(step, (x, jnp.stack([x0] * order)), ts[:-1])
+    x, x0s = scan_grid(step, (x, jnp.stack([x0] * order)), ts[:-1], constraint)
     return predict(x, x0s, n - 1)
 
 
@@ -229,8 +232,8 @@ class _Multistep(FixedStepSampler):
     def min_steps(self) -> int:
         return self.order
 
-    def solve_grid(self, key, sde, score_fn, x, ts, axis_name=None):
-        return multistep(sde, score_fn, x, ts, self.order, corrector=self.CORRECTOR)
+    def solve_grid(self, key, sde, score_fn, x, ts, axis_name=None, constraint=None):
+        return multistep(sde, score_fn, x, ts, self.order, self.CORRECTOR, constraint)
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)

@@ -36,11 +36,11 @@ class Euler(FixedStepSampler):
     num_steps: int = 100
     schedule: str = "uniform"
 
-    def solve_grid(self, key, sde, score_fn, x, ts, axis_name=None):
+    def solve_grid(self, key, sde, score_fn, x, ts, axis_name=None, constraint=None):
         def step(x, i, t, s):
             return x + (s - t) * sde.probability_flow(score_fn, x, per_example(t, x))
 
-        return scan_grid(step, x, ts)
+        return scan_grid(step, x, ts, constraint)
 
 
 def edm_denoiser(sde: SDE, score_fn: ScoreFn, x_scaled: Array, t: Array) -> Array:
@@ -103,7 +103,7 @@ class Heun(FixedStepSampler):
     def nfe(self) -> int:
         return 2 * self.num_steps - 1
 
-    def solve_grid(self, key, sde, score_fn, x, ts, axis_name=None):
+    def solve_grid(self, key, sde, score_fn, x, ts, axis_name=None, constraint=None):
         num_steps = ts.shape[0] - 1
         gamma_max = min(self.s_churn / num_steps, math.sqrt(2.0) - 1.0)
 
@@ -117,15 +117,15 @@ class Heun(FixedStepSampler):
             return x_hat, sde.t_from_edm_sigma((1.0 + gamma) * sigma).astype(t.dtype)
 
         def step(x, i, t, s, correct=True):
+            """x at t -> x at s; the step itself runs in the scaled variable x~ = x / alpha."""
+            x = x / sde.alpha(t)
             # Without churn, no noise is drawn: the RNG would cost as much as a cheap score evaluation.
             x_hat, t_hat = churn(x, i, t) if gamma_max > 0 else (x, t)
-            return heun_step(sde, score_fn, x_hat, t_hat, s, correct)
+            return sde.alpha(s) * heun_step(sde, score_fn, x_hat, t_hat, s, correct)
 
         ts = jnp.asarray(ts, x.dtype)
-        x = x / sde.alpha(ts[0])
-        x = scan_grid(step, x, ts[:-1])
-        x = step(x, num_steps - 1, ts[-2], ts[-1], correct=False)
-        return sde.alpha(ts[-1]) * x
+        x = scan_grid(step, x, ts[:-1], constraint)
+        return step(x, num_steps - 1, ts[-2], ts[-1], correct=False)
 
 
 def check_tolerances(rtol: float, atol: float, where: str) -> None:
@@ -214,6 +214,11 @@ class RK45(Sampler):
         check_tolerances(self.rtol, self.atol, "RK45")
         object.__setattr__(self, "max_steps", check_max_steps(self.max_steps, "RK45"))
 
-    def solve(self, key, sde, score_fn, x, eps, axis_name=None):
+    def solve(self, key, sde, score_fn, x, eps, axis_name=None, constraint=None):
+        require(
+            constraint is None,
+            "RK45 chooses its own steps and takes no constraint (inpainting, colorization); "
+            "use a fixed-step sampler such as Euler or PC.",
+        )
         return solve_flow(sde, score_fn, x, sde.T, eps, rtol=self.rtol, atol=self.atol,
                           max_steps=self.max_steps)

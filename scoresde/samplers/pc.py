@@ -171,5 +171,5 @@ class PC(FixedStepSampler):
         per_step = PREDICTORS[self.predictor][1] + self.n_corrector_steps * CORRECTORS[self.corrector][1]
         return self.num_steps * per_step
 
-    def solve_grid(self, key, sde, score_fn, x, ts, axis_name=None):
-        return scan_grid(self.step_fn(key, sde, score_fn, axis_name), x, ts)
+    def solve_grid(self, key, sde, score_fn, x, ts, axis_name=None, constraint=None):
+        return scan_grid(self.step_fn(key, sde, score_fn, axis_name), x, ts, constraint)
