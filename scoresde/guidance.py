@@ -13,6 +13,7 @@ mixture is measured in tests/test_guidance.py and README ("Guidance and inpainti
 
 from __future__ import annotations
 
+import inspect
 from typing import Any, Callable
 
 import jax
@@ -125,6 +126,11 @@ def _check_sampler(sampler: Any, method: Any) -> None:
         isinstance(sampler, FixedStepSampler),
         "sampler: constraints (inpainting, colorization) need a fixed-step sampler such as samplers.PC() or "
         f"samplers.Euler(); adaptive samplers such as RK45 choose their own steps. Got {sampler!r}.",
+    )
+    require(
+        "constraint" in inspect.signature(sampler.solve_grid).parameters,
+        f"sampler: {type(sampler).__name__} does not take a per-step constraint yet; use PC, Euler, Heun, "
+        "DDIM, DPMSolverPP or UniPC.",
     )
     require(
         isinstance(method, Replacement),
