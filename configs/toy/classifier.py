@@ -19,6 +19,7 @@ def get_config(sde: str = "vpsde"):
     config.training.n_iters = 2_000
     config.training.snapshot_freq = 2_000
     config.training.snapshot_freq_for_preemption = 2_000
+    config.optim.lr = 1e-3  # the README's figures
     config.eval.enable_sampling = False
     config.eval.enable_bpd = False
     config.model.num_classes = NUM_CLASSES
