@@ -84,7 +84,8 @@ flags.DEFINE_string("problem", "mixture_2d", "sample without --workdir, bench sa
                     "mixture_2d, mixture_image or a mixture .npz (weights [K], means [K, ...], "
                     "covs [K, D, D]).")
 flags.DEFINE_string("sde", "vpsde", "sample without --workdir: forward SDE, vpsde, subvpsde or vesde.")
-flags.DEFINE_string("sampler", "pc", "Sampler name; with --workdir the config's sampling.method by default.")
+flags.DEFINE_string("sampler", "pc", "Sampler spec, a name or name:setting=value:... (e.g. unipc:order=3); "
+                    "with --workdir the config's sampling.method by default.")
 flags.DEFINE_integer("num_steps", 500, "Sampler steps; with --workdir the config's model.num_scales by "
                      "default.")
 flags.DEFINE_integer("num_samples", 2000, "Number of samples; with --workdir the config's eval.num_samples "
@@ -100,6 +101,8 @@ flags.DEFINE_list("nfes", None, "bench: target score evaluations per solve (defa
                   "overhead: 50).")
 flags.DEFINE_list("models", None, "bench overhead: networks, mlp and/or ncsnpp.")
 flags.DEFINE_bool("quick", False, "bench: a small grid that finishes in under a minute on two CPU cores.")
+flags.DEFINE_bool("fit", False, "bench samplers: also run each fixed-step sampler on a grid fitted to the "
+                  "score (sd.schedules.fit) from other paths, at NFEs up to 20, and report the fit's time.")
 flags.DEFINE_bool("distributed", False, "Call jax.distributed.initialize() first (multi-host runs).")
 flags.DEFINE_bool("verbose", False, "Show tracebacks of errors.")
 FLAGS = flags.FLAGS
@@ -177,7 +180,7 @@ def sample_problem() -> None:
     if FLAGS["num_steps"].present or hasattr(sampler, "num_steps"):
         if not hasattr(sampler, "num_steps"):
             raise ValueError(f"sampler {FLAGS.sampler!r} chooses its own steps; it takes no --num_steps.")
-        sampler = dataclasses.replace(sampler, num_steps=FLAGS.num_steps)
+        sampler = samplers.build_sampler(FLAGS.sampler, num_steps=FLAGS.num_steps)  # the spec's own wins
     shape = (num_samples,) + mix.event_shape
     draw = jax.jit(lambda key: samplers.sample(key, sde, mix.score_fn(sde), shape, sampler))
     x, nfe = draw(jax.random.PRNGKey(FLAGS.seed))
@@ -245,7 +248,7 @@ def bench_verb(what: str = "") -> None:
 
     Flags given on the command line override the benchmark's settings.
     """
-    names = ("problem", "sdes", "samplers", "nfes", "models", "num_samples", "seed", "workdir")
+    names = ("problem", "sdes", "samplers", "nfes", "models", "num_samples", "seed", "workdir", "fit")
     overrides = {name: getattr(FLAGS, name) for name in names if FLAGS[name].present}
     bench_command.run(what, overrides, quick=FLAGS.quick, outdir=_given("outdir", None),
                       progress=FLAGS.progress)

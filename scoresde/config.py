@@ -143,7 +143,8 @@ class SamplingConfig:
     """The `sampling` section.
 
     Attributes:
-      method: sampler name for `scoresde.samplers.build_sampler` ("pc", or a fast ODE sampler).
+      method: sampler spec for `scoresde.samplers.build_sampler` ("pc", or a fast ODE sampler such as
+        "unipc:order=3").
       predictor, corrector, snr, n_steps_each: settings of the "pc" sampler (n_steps_each: corrector rounds).
       noise_removal: finish with Tweedie's denoiser (one more score evaluation).
     """
@@ -156,16 +157,13 @@ class SamplingConfig:
     noise_removal: bool
 
     def build_sampler(self, method: str, num_steps: int | None) -> samplers.Sampler:
-        """The sampler `method` with this section's settings (for "pc") and `num_steps` if given."""
+        """The sampler of spec `method` (`samplers.build_sampler`), with this section's settings (for "pc")
+        and `num_steps` if given as defaults its own settings override."""
         settings = {"pc": dict(predictor=self.predictor, corrector=self.corrector, snr=self.snr,
-                               n_corrector_steps=self.n_steps_each)}.get(method, {})
+                               n_corrector_steps=self.n_steps_each)}.get(samplers.parse_spec(method)[0], {})
         if num_steps is not None:
             settings["num_steps"] = num_steps
-        try:
-            return samplers.build_sampler(method, **settings)
-        except TypeError as error:  # a setting the sampler does not take, e.g. num_steps for an adaptive one
-            raise ValueError(f"sampler {method!r} does not take the settings {sorted(settings)}: "
-                             f"{error}") from error
+        return samplers.build_sampler(method, **settings)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -4,7 +4,7 @@ A grid is a decreasing array t_0 = T > t_1 > ... > t_N = eps of N + 1 times; ste
 Grids that are uniform in some other variable (the EDM noise level sigma/alpha, the half log-SNR lambda) are
 mapped back to t through the SDE's closed-form inverses, so every grid works for every SDE. A grid is either
 named (`SCHEDULE_NAMES`) or given as a value: a tuple of times (`check_grid`), e.g. from a published sigma
-table (`from_edm_sigmas`).
+table (`from_edm_sigmas`) or fitted to a score function (`fit`).
 
 Grids are computed on the host in float64 numpy, whatever dtype the model runs in (in bfloat16, with its 3
 significant digits, neighbouring times of a long grid would coincide); samplers cast them once, to the dtype
@@ -13,9 +13,13 @@ they compute in, float32 or wider (`samplers.base.work_dtype`).
 
 from __future__ import annotations
 
-from typing import Sequence
+import functools
+from typing import Callable, Sequence
 
+import jax
+import jax.numpy as jnp
 import numpy as np
+import optax
 
 from scoresde.sde import SDE
 
@@ -147,6 +151,107 @@ def from_edm_sigmas(sde: SDE, sigmas: Sequence[float], num_steps: int | None = N
     return tuple(float(v) for v in t)
 
 
+def fit(
+    key: jax.Array,
+    sde: SDE,
+    score_fn: Callable[[jax.Array, jax.Array], jax.Array],
+    x_T: jax.Array,
+    sampler,
+    *,
+    eps: float | None = None,
+    nfe: int | None = None,
+    target: jax.Array | None = None,
+    teacher_steps: int = 256,
+    num_iters: int = 300,
+    learning_rate: float = 0.05,
+) -> Grid:
+    """A grid fitted to this score function: where `sampler`'s steps should fall so that, from the paths x_T,
+    it lands closest to a tight solve.
+
+    The step locations are learnt by gradient descent through the jitted solver, as in LD3 (Tong et al. 2024,
+    Sec. 3), here on the mean squared distance to the target: the grid is parametrised by its steps in the
+    half log-SNR lambda (their shares of lambda(eps) - lambda(T), a softmax, so every candidate is a valid
+    decreasing grid), started from the sampler's own grid and optimised with Adam; the grid of the smallest
+    loss seen is returned. Judge it on other paths than x_T: it is fitted to these.
+
+    Args:
+      key: PRNG key of the solves (for stochastic samplers; fitting is meant for deterministic ones).
+      sde: the forward process.
+      score_fn: score_fn(x: [B, ...], t: [B]) -> [B, ...].
+      x_T: [P, ...] starting points, P >= 2, e.g. prior draws.
+      sampler: a `FixedStepSampler` implementing `solve_grid`; its num_steps (or `nfe`) sets the grid's size.
+      eps: where the grid ends; defaults to the sampler's (`Sampler.end_time`).
+      nfe: fit the grid of `sampler.with_nfe(nfe)` instead.
+      target: [P, ...] the end points of a tight solve from x_T (e.g. RK45 at 1e-8); by default the sampler
+        itself on a `teacher_steps`-step grid uniform in lambda (the fine teacher grid of GITS, Chen et al.
+        2024), accurate to the sampler's own error there.
+      teacher_steps, num_iters, learning_rate: teacher grid size, Adam iterations and step size.
+
+    Returns:
+      num_steps + 1 times from T to eps, for `dataclasses.replace(sampler, schedule=grid)`, and for any other
+      fixed-step sampler of as many steps.
+
+    Raises:
+      ValueError: with fewer than 2 paths, a target of another shape, or an NFE below the sampler's minimum.
+    """
+    if nfe is not None:
+        sampler = sampler.with_nfe(nfe)
+    _require(x_T.ndim >= 2 and x_T.shape[0] >= 2,
+             f"fit: x_T must hold 2 or more starting points [P, ...]; got shape {tuple(x_T.shape)}.")
+    _require(target is None or tuple(target.shape) == tuple(x_T.shape),
+             f"fit: target must be shaped like x_T {tuple(x_T.shape)}; got {getattr(target, 'shape', None)}.")
+    _require(isinstance(num_iters, int) and num_iters >= 1,
+             f"fit: num_iters must be an integer >= 1; got {num_iters!r}.")
+    eps = sampler.end_time(sde, eps)
+    if target is None:
+        teacher = logsnr(sde, teacher_steps, eps)
+        target = jax.jit(lambda x: sampler.solve_grid(key, sde, score_fn, x, teacher))(x_T)
+    ends = sde.half_log_snr(np.array([sde.T, eps]))
+    grid_of = functools.partial(_grid_from_shares, sde, ends, eps)
+
+    def loss(theta):
+        diff = sampler.solve_grid(key, sde, score_fn, x_T, grid_of(theta)) - target
+        return jnp.mean(jnp.sum(jnp.reshape(diff, (diff.shape[0], -1)) ** 2, axis=1))
+
+    start = jnp.log(np.diff(sde.half_log_snr(sampler.grid(sde, eps))))
+    grid = np.array(grid_of(_minimise(loss, start, num_iters, learning_rate)), np.float64)
+    grid[0], grid[-1] = sde.T, eps
+    return tuple(float(t) for t in grid)
+
+
+def _minimise(loss: Callable[[jax.Array], jax.Array], theta: jax.Array, num_iters: int,
+              learning_rate: float) -> jax.Array:
+    """The parameters of least loss seen in num_iters jitted Adam steps (Kingma & Ba 2015) from theta."""
+    optimizer = optax.adam(learning_rate)
+
+    @jax.jit
+    def update(theta, state):
+        value, grad = jax.value_and_grad(loss)(theta)
+        updates, state = optimizer.update(grad, state)
+        return optax.apply_updates(theta, updates), state, value
+
+    state, best = optimizer.init(theta), (np.inf, theta)
+    for _ in range(num_iters):
+        new_theta, state, value = update(theta, state)
+        best = min(best, (float(value), theta), key=lambda pair: pair[0])
+        theta = new_theta
+    return best[1]
+
+
+# Each step keeps at least this share of its uniform share of lambda: candidate grids never have two
+# coinciding times, in the float32 they are computed in.
+_MIN_SHARE = 1e-3
+
+
+def _grid_from_shares(sde: SDE, ends: np.ndarray, eps: float, theta: jax.Array) -> jax.Array:
+    """[N + 1] times from T to eps whose steps in lambda are the shares softmax(theta): [N] of the range."""
+    n = theta.shape[0]
+    shares = (1.0 - _MIN_SHARE) * jax.nn.softmax(theta) + _MIN_SHARE / n
+    lam = ends[0] + (ends[1] - ends[0]) * jnp.cumsum(shares)[:-1]
+    inner = sde.t_from_half_log_snr(lam)
+    return jnp.concatenate([jnp.full((1,), sde.T, inner.dtype), inner, jnp.full((1,), eps, inner.dtype)])
+
+
 def _show(t: np.ndarray, most: int = 6) -> str:
     values = ", ".join(f"{v:.6g}" for v in np.ravel(t)[:most])
     return f"[{values}{', ...' if np.size(t) > most else ''}]"
@@ -157,5 +262,5 @@ def _require(condition: bool, message: str) -> None:
         raise ValueError(message)
 
 
-__all__ = ["SCHEDULE_NAMES", "build_schedule", "check_grid", "from_edm_sigmas", "karras", "logsnr",
+__all__ = ["SCHEDULE_NAMES", "build_schedule", "check_grid", "fit", "from_edm_sigmas", "karras", "logsnr",
            "quadratic", "uniform"]

@@ -15,7 +15,7 @@ import scoresde as sd
 from scoresde import config as config_lib
 from scoresde import evaluation, experiment as experiment_lib, metrics, toy, train
 from scoresde.bench import accuracy, command, exact, grid, overhead, report
-from scoresde.samplers import PC, RK45, DPMSolverPP, Euler, Heun, Restart, UniPC
+from scoresde.samplers import PC, RK45, DPMSolverPP, Euler, Heun, Restart, UniPC, build_sampler
 
 import tiny_runs
 
@@ -57,14 +57,18 @@ def test_nfe_below_a_samplers_minimum_raises(sampler, target, match):
 
 
 def test_sampler_specs():
-    assert grid.sampler_from_spec("dpm_solver_pp:order=3") == DPMSolverPP(order=3)
-    assert grid.sampler_from_spec("pc:predictor=ancestral:snr=0.2") == PC(predictor="ancestral", snr=0.2)
+    assert build_sampler("dpm_solver_pp:order=3") == DPMSolverPP(order=3)
+    assert build_sampler("pc:predictor=ancestral:snr=0.2") == PC(predictor="ancestral", snr=0.2)
+    assert build_sampler("pc:snr=0.2", snr=0.1, num_steps=7) == PC(snr=0.2, num_steps=7)  # the spec wins
+    assert build_sampler("euler:schedule=(1.0,0.5,0.001):num_steps=2").nfe() == 2
     with pytest.raises(ValueError, match=r"unknown sampler 'dpm'; valid names: \["):
-        grid.sampler_from_spec("dpm")
+        build_sampler("dpm")
     with pytest.raises(ValueError, match=r"unknown setting\(s\) \['rho'\]; valid settings of unipc: \["):
-        grid.sampler_from_spec("unipc:rho=7")
+        build_sampler("unipc:rho=7")
+    with pytest.raises(ValueError, match=r"'rk45': unknown setting\(s\) \['num_steps'\]"):
+        build_sampler("rk45", num_steps=10)
     with pytest.raises(ValueError, match="setting 'order' is not key=value"):
-        grid.sampler_from_spec("unipc:order")
+        build_sampler("unipc:order")
 
 
 def test_convergence_order_recovers_a_power_law():
@@ -121,7 +125,7 @@ def vp_case():
 def test_the_benchmark_grid_measures_the_known_orders(spec):
     """The grid `scoresde bench samplers` runs, in float32, checked against theory: |slope - order| <= 0.4."""
     order, nfes = ASYMPTOTIC[spec]
-    results = grid.run_grid({"vpsde": vp_case}, {spec: grid.sampler_from_spec(spec)}, nfes,
+    results = grid.run_grid({"vpsde": vp_case}, {spec: build_sampler(spec)}, nfes,
                             key=jax.random.PRNGKey(0), repeats=1, progress=False)
     nfe, errors = zip(*[(r.nfe, r.figures["pathwise"]) for r in results.records])
     assert nfe == nfes
@@ -284,3 +288,20 @@ def test_quick_cli_writes_a_reproducible_report(tmp_path):
     quick = exact.QUICK
     assert len(payloads[0]["records"]) == len(quick.sdes) * len(quick.samplers) * len(quick.nfes)
     assert all(r["nfe"] <= r["nfe_target"] for r in payloads[0]["records"])
+
+
+def test_fitted_grids_are_judged_on_other_paths(tmp_path):
+    """`bench samplers --fit`: each deterministic sampler also runs on a grid fitted to other paths, which
+    beats its named grid on the benchmark's paths; stochastic samplers fit nothing; the report leads with the
+    few-step frontier."""
+    overrides = {"sdes": ["vpsde"], "samplers": ["unipc", "pc"], "nfes": ["5"], "num_samples": 256,
+                 "fit": True, "fit_paths": 128, "floor_repeats": 1, "repeats": 1}
+    payload = command.run("samplers", overrides, outdir=str(tmp_path), progress=False)
+    records = {r["sampler"]: r for r in payload["records"]}
+    assert sorted(records) == ["pc", "unipc", "unipc (fitted)"]
+    fitted, named = records["unipc (fitted)"], records["unipc"]
+    assert fitted["nfe"] == named["nfe"] == 5 and fitted["fit_s"] > 0 and named["fit_s"] is None
+    assert fitted["figures"]["pathwise"] < named["figures"]["pathwise"]
+    assert fitted["figures"]["pathwise_fit"] > 0 and "pathwise_fit" not in named["figures"]
+    text = (tmp_path / "results.md").read_text()
+    assert text.startswith("### Few-step frontier\n") and "| vpsde | 5 | unipc (fitted) " in text

@@ -11,6 +11,7 @@ import pytest
 import scoresde as sd
 from checks import count_calls
 from scoresde import schedules, toy
+from scoresde.bench.accuracy import pathwise_error, reference_solve
 from scoresde.samplers.base import FixedStepSampler
 
 SDES = {"vp": sd.VPSDE(), "subvp": sd.SubVPSDE(), "ve": sd.VESDE()}
@@ -157,3 +158,38 @@ def test_nfe_counts_the_grid_a_subclass_runs(vp_problem):
     _, nfe = run(sde, counted, x, DoubledGrid(num_steps=5))
     assert int(nfe) == calls[0] == 10
     assert issubclass(DoubledGrid, FixedStepSampler)
+
+
+@pytest.fixture(scope="module")
+def fitting_problem():
+    """mixture_2d under VP: paths to fit on, other paths to judge on, and the RK45 end points of both."""
+    sde = sd.VPSDE()
+    score_fn = toy.mixture_2d().score_fn(sde)
+    x = sde.prior_sampling(jax.random.PRNGKey(5), (1280, 2))
+    # RK45 at 1e-6 lies ~1e-5 from the exact end points, far below 5-step errors (~0.1).
+    ref = reference_solve(sde, score_fn, jax.random.PRNGKey(0), x, tol=1e-6)[0]
+    return sde, score_fn, x[:256], ref[:256], x[256:], ref[256:]
+
+
+def test_a_fitted_grid_beats_the_named_one_on_other_paths(fitting_problem):
+    sde, score_fn, x_fit, ref_fit, x_test, ref_test = fitting_problem
+    sampler = sd.samplers.UniPC(num_steps=5)
+    key = jax.random.PRNGKey(0)
+    grid = sd.schedules.fit(key, sde, score_fn, x_fit, sampler, target=ref_fit, num_iters=60)
+    assert len(grid) == 6 and grid[0] == sde.T and grid[-1] == sde.default_eps
+    error = lambda s: pathwise_error(run(sde, score_fn, x_test, s)[0], ref_test)
+    named, fitted = error(sampler), error(dataclasses.replace(sampler, schedule=grid))
+    assert fitted < 0.8 * named, (fitted, named)
+    # The grid is a value any fixed-step sampler of as many steps takes.
+    assert np.isfinite(error(sd.samplers.DPMSolverPP(num_steps=5, schedule=grid)))
+
+
+@pytest.mark.parametrize("paths, kwargs, match", [
+    (1, {}, r"x_T must hold 2 or more starting points \[P, ...\]; got shape \(1, 2\)"),
+    (8, dict(nfe=2), r"UniPC makes at least 3 score evaluations; asked for 2"),
+])
+def test_bad_fit_arguments_raise(fitting_problem, paths, kwargs, match):
+    sde, score_fn, x_fit = fitting_problem[:3]
+    with pytest.raises(ValueError, match=match):
+        sd.schedules.fit(jax.random.PRNGKey(0), sde, score_fn, x_fit[:paths], sd.samplers.UniPC(order=3),
+                         **kwargs)

@@ -11,7 +11,7 @@ and PNG plots.
 
 from scoresde.bench.accuracy import convergence_order, distribution_errors, pathwise_error
 from scoresde.bench.exact import ExactBench, bench_exact, exact_case
-from scoresde.bench.grid import Case, GridResults, Record, run_grid, sampler_from_spec
+from scoresde.bench.grid import Case, GridResults, Record, run_grid
 from scoresde.bench.report import markdown, plot_errors, write_report
 from scoresde.bench.trained import TrainedBench, bench_trained, trained_case
 
@@ -30,7 +30,6 @@ __all__ = [
     "pathwise_error",
     "plot_errors",
     "run_grid",
-    "sampler_from_spec",
     "trained_case",
     "write_report",
 ]

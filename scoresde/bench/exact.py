@@ -10,11 +10,12 @@ import dataclasses
 
 import jax
 
+from scoresde import samplers
 from scoresde import sde as sde_lib
 from scoresde import toy
 from scoresde.bench.accuracy import (REFERENCE_TOL, distribution_errors, distribution_floors, exact_draws,
                                      pathwise_error, reference_solve)
-from scoresde.bench.grid import Case, GridResults, as_figure, check_nfes, run_grid, sampler_from_spec
+from scoresde.bench.grid import Case, GridResults, as_figure, check_nfes, run_grid
 from scoresde.samplers.base import require
 from scoresde.sde import SDE
 from scoresde.toy import GaussianMixture
@@ -32,6 +33,7 @@ def exact_case(
     floor_repeats: int = 8,
     repeats: int = 1,
     distribution: bool = True,
+    fit_paths: int = 0,
 ) -> Case:
     """A case with the exact score of `mix` under `sde`; the target is its marginal at t = eps.
 
@@ -45,6 +47,7 @@ def exact_case(
       floor_repeats: exact-vs-exact pairs averaged for the Monte Carlo floors.
       repeats: timed calls of the reference solve (its median is reported).
       distribution: also score against exact draws (else the pathwise error only, as convergence tests need).
+      fit_paths: prior draws, independent of x_init, that grids are fitted on (0: none), with their reference.
 
     The dtype of x_init (float64 inside `jax.enable_x64(True)`) carries through every solve.
     """
@@ -66,7 +69,14 @@ def exact_case(
     # What a converged ODE sampler scores from this x_T: one draw of the scatter whose mean is the floor.
     summary["reference"]["figures"] = {name: as_figure(v) for name, v in evaluate(x_ref, True).items()}
 
-    return Case(sde=sde, score_fn=score_fn, x_init=x_init, evaluate=evaluate, summary=summary)
+    fit_init = fit_target = None
+    if fit_paths:
+        fit_init = sde.prior_sampling(jax.random.fold_in(key, 1), (fit_paths,) + x_init.shape[1:])
+        fit_init = fit_init.astype(x_init.dtype)
+        fit_target, _ = reference_solve(sde, score_fn, key, fit_init, tol=reference_tol)
+        summary["fit_paths"] = fit_paths
+    return Case(sde=sde, score_fn=score_fn, x_init=x_init, evaluate=evaluate, summary=summary,
+                fit_init=fit_init, fit_target=fit_target)
 
 
 DEFAULT_SAMPLERS = ("euler", "heun", "ddim", "dpm_solver_pp", "dpm_solver_pp:order=3", "unipc", "ipndm",
@@ -81,12 +91,14 @@ class ExactBench:
       problem: "mixture_2d", "mixture_image", or a path to an .npz holding weights [K], means [K, ...] and
         covs [K, D, D].
       sdes: forward processes, by `build_sde` name.
-      samplers: specs for `sampler_from_spec`, e.g. "unipc:order=3".
+      samplers: specs for `samplers.build_sampler`, e.g. "unipc:order=3".
       nfes: target score evaluations per solve.
       num_samples: paths per sampler and exact draws per comparison.
       floor_repeats: exact-vs-exact pairs averaged for each Monte Carlo floor.
       repeats: timed calls per cell after the compiling one.
       seed: seeds every draw; the same seed reproduces every accuracy figure exactly.
+      fit: also run every fixed-step sampler on a grid fitted (`schedules.fit`) to each SDE's score from
+        `fit_paths` other prior draws, at each of `nfes` up to `fit_max_nfe`, scored on the benchmark's paths.
     """
 
     problem: str = "mixture_2d"
@@ -97,9 +109,13 @@ class ExactBench:
     floor_repeats: int = 8
     repeats: int = 3
     seed: int = 0
+    fit: bool = False
+    fit_paths: int = 1000
+    fit_max_nfe: int = 20
 
     def __post_init__(self):
         require(bool(self.sdes and self.samplers), "need at least one SDE and one sampler.")
+        require(self.fit_paths >= 2, f"fit_paths must be >= 2; got {self.fit_paths}.")
         check_nfes(self.nfes)
         require(self.num_samples >= 2, f"num_samples must be >= 2; got {self.num_samples}.")
         require(self.floor_repeats >= 1, f"floor_repeats must be >= 1; got {self.floor_repeats}.")
@@ -114,13 +130,15 @@ def bench_exact(settings: ExactBench, *, progress: bool = True) -> GridResults:
     """Runs the grid of `settings`; bad names or files and too small NFEs fail before any work."""
     mix = toy.build_problem(settings.problem)
     sdes = {name: sde_lib.build_sde(name) for name in settings.sdes}
-    samplers = {spec: sampler_from_spec(spec) for spec in settings.samplers}
+    by_spec = {spec: samplers.build_sampler(spec) for spec in settings.samplers}
     k_init, k_cases, k_samplers = jax.random.split(jax.random.PRNGKey(settings.seed), 3)
     shape = (settings.num_samples,) + mix.event_shape
     cases = {
         name: lambda sde=sde: exact_case(k_cases, mix, sde, sde.prior_sampling(k_init, shape),
-                                         floor_repeats=settings.floor_repeats, repeats=settings.repeats)
+                                         floor_repeats=settings.floor_repeats, repeats=settings.repeats,
+                                         fit_paths=settings.fit_paths if settings.fit else 0)
         for name, sde in sdes.items()
     }
-    return run_grid(cases, samplers, settings.nfes, key=k_samplers, repeats=settings.repeats,
-                    progress=progress)
+    fit_nfes = [n for n in settings.nfes if settings.fit and n <= settings.fit_max_nfe]
+    return run_grid(cases, by_spec, settings.nfes, key=k_samplers, repeats=settings.repeats,
+                    progress=progress, fit_nfes=fit_nfes)

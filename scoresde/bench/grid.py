@@ -8,9 +8,9 @@ NFE actually used, the compile time, the median run time and the figures.
 
 from __future__ import annotations
 
-import ast
 import dataclasses
 import math
+import time
 from typing import Any, Callable, Mapping, Sequence
 
 import jax
@@ -18,7 +18,8 @@ import jax.numpy as jnp
 from tqdm import tqdm
 
 from scoresde import samplers as samplers_lib
-from scoresde.bench.accuracy import endpoint_fn
+from scoresde import schedules
+from scoresde.bench.accuracy import endpoint_fn, pathwise_error
 from scoresde.bench.timing import time_call
 from scoresde.samplers import Sampler
 from scoresde.samplers.base import require
@@ -39,6 +40,8 @@ class Case:
       evaluate: (x_eps: [B, ...], deterministic) -> figures; `deterministic` says whether the sampler's output
         is independent of its PRNG key (only then is a pathwise error meaningful).
       summary: what was measured once for the case (floors, the reference solve), for the report.
+      fit_init, fit_target: [P, ...] other starting points and their reference end points, that grids are
+        fitted on (None: the case fits no grids).
     """
 
     sde: SDE
@@ -46,11 +49,14 @@ class Case:
     x_init: Array
     evaluate: Callable[[Array, bool], Mapping[str, Any]]
     summary: Mapping[str, Any]
+    fit_init: Array | None = None
+    fit_target: Array | None = None
 
 
 @dataclasses.dataclass(frozen=True)
 class Record:
-    """One cell of the grid. NaN figures (e.g. a mode no sample reached) are stored as None."""
+    """One cell of the grid. NaN figures (e.g. a mode no sample reached) are stored as None; fit_s is the
+    time a fitted grid took to fit (None on a named grid)."""
 
     case: str
     sampler: str
@@ -60,6 +66,7 @@ class Record:
     compile_s: float
     run_s: float
     figures: Figures
+    fit_s: float | None = None
 
 
 def as_figure(value: Any) -> float | None:
@@ -76,27 +83,18 @@ def check_nfes(nfes: Sequence[int]) -> None:
             f"NFEs must be one or more integers >= 1; got {tuple(nfes)}.")
 
 
-def sampler_from_spec(spec: str) -> Sampler:
-    """A sampler from "name" or "name:setting=value:...", e.g. "dpm_solver_pp:order=3" or "heun:s_churn=10".
+FITTED = " (fitted)"  # the label suffix of a sampler on a fitted grid
 
-    Values are Python literals (numbers, True/False) or else strings. Unknown names and settings raise a
-    ValueError listing the valid ones.
-    """
-    name, *options = spec.split(":")
-    settings = {}
-    for option in options:
-        key, sep, value = option.partition("=")
-        require(bool(sep and key), f"sampler {spec!r}: setting {option!r} is not key=value.")
-        try:
-            settings[key] = ast.literal_eval(value)
-        except (ValueError, SyntaxError):
-            settings[key] = value
-    sampler = samplers_lib.build_sampler(name)
-    valid = [f.name for f in dataclasses.fields(sampler)]
-    unknown = sorted(set(settings) - set(valid))
-    require(not unknown,
-            f"sampler {spec!r}: unknown setting(s) {unknown}; valid settings of {name}: {valid}.")
-    return dataclasses.replace(sampler, **settings)
+
+def fit_cell(case: Case, sampler: samplers_lib.FixedStepSampler, key: Array) -> tuple[Sampler, float, float]:
+    """The sampler on a grid fitted to the case's fitting paths, the seconds the fit took, and its pathwise
+    error on the paths it was fitted on (the figures it reports are on the case's own, other paths)."""
+    start = time.perf_counter()
+    grid = schedules.fit(key, case.sde, case.score_fn, case.fit_init, sampler, target=case.fit_target)
+    fit_s = time.perf_counter() - start
+    fitted = dataclasses.replace(sampler, schedule=grid)
+    x = endpoint_fn(case.sde, case.score_fn, fitted)(key, case.fit_init)[0]
+    return fitted, fit_s, pathwise_error(x, case.fit_target)
 
 
 def run_cell(case: Case, sampler: Sampler, key: Array, repeats: int) -> tuple[int, float, float, Figures]:
@@ -107,6 +105,12 @@ def run_cell(case: Case, sampler: Sampler, key: Array, repeats: int) -> tuple[in
     deterministic = bool(jnp.array_equal(x, run(jax.random.fold_in(key, 1), case.x_init)[0]))
     figures = {name: as_figure(v) for name, v in case.evaluate(x, deterministic).items()}
     return int(nfe), max(first - run_s, 0.0), run_s, figures
+
+
+def run_record(case: Case, case_name: str, label: str, nfe_target: int, sampler: Sampler, key: Array,
+               repeats: int) -> Record:
+    nfe, compile_s, run_s, figures = run_cell(case, sampler, key, repeats)
+    return Record(case_name, label, nfe_target, nfe, repr(sampler), compile_s, run_s, figures)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -128,6 +132,7 @@ def run_grid(
     key: Array,
     repeats: int = 3,
     progress: bool = True,
+    fit_nfes: Sequence[int] = (),
 ) -> GridResults:
     """Runs every case x sampler x target NFE.
 
@@ -138,21 +143,37 @@ def run_grid(
       key: PRNG key of the samplers (the same for every cell).
       repeats: timed calls per cell after the compiling one.
       progress: show a progress bar on stderr.
+      fit_nfes: at these of the target NFEs, also run every deterministic fixed-step sampler on a grid
+        fitted to each case (cases must carry fitting paths), labelled "<sampler> (fitted)", with the fit's
+        time and its error on the fitting paths ("pathwise_fit").
 
     Raises:
       ValueError: before any work, if a target NFE is below a sampler's minimum (or it cannot be set).
     """
     configured = {(name, n): sampler.with_nfe(n) for name, sampler in samplers.items() for n in nfes}
+    fitting = {cell for cell, sampler in configured.items()
+               if cell[1] in fit_nfes and isinstance(sampler, samplers_lib.FixedStepSampler)}
     summaries, records = {}, []
-    with tqdm(total=len(cases) * len(configured), desc="bench", unit="run", disable=not progress) as bar:
+    with tqdm(total=len(cases) * (len(configured) + len(fitting)), desc="bench", unit="run",
+              disable=not progress) as bar:
         for case_name, build_case in cases.items():
             bar.set_postfix_str(f"{case_name} reference")
             case = build_case()
+            require(not fitting or case.fit_init is not None,
+                    f"case {case_name!r} has no paths to fit grids on.")
             summaries[case_name] = dict(case.summary)
             for (sampler_name, n), sampler in configured.items():
                 bar.set_postfix_str(f"{case_name} {sampler_name} NFE {n}")
-                nfe, compile_s, run_s, figures = run_cell(case, sampler, key, repeats)
-                records.append(
-                    Record(case_name, sampler_name, n, nfe, repr(sampler), compile_s, run_s, figures))
+                record = run_record(case, case_name, sampler_name, n, sampler, key, repeats)
+                records.append(record)
                 bar.update()
+                # A grid is fitted to paths, which a stochastic sampler (no pathwise error) does not follow.
+                if (sampler_name, n) in fitting and record.figures.get("pathwise") is not None:
+                    bar.set_postfix_str(f"{case_name} {sampler_name} NFE {n} fitting")
+                    fitted, fit_s, on_fit_paths = fit_cell(case, sampler, key)
+                    record = run_record(case, case_name, sampler_name + FITTED, n, fitted, key, repeats)
+                    records.append(dataclasses.replace(
+                        record, figures={**record.figures, "pathwise_fit": on_fit_paths}, fit_s=fit_s))
+                if (sampler_name, n) in fitting:
+                    bar.update()
     return GridResults(summaries, records)

@@ -17,8 +17,9 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
+from scoresde import samplers
 from scoresde import sde as sde_lib
-from scoresde.bench.grid import Case, check_nfes, run_grid, sampler_from_spec
+from scoresde.bench.grid import Case, check_nfes, run_grid
 from scoresde.bench.timing import time_call
 from scoresde.models import build_model
 from scoresde.models.parametrization import Epsilon, network_fn
@@ -39,7 +40,7 @@ class OverheadBench:
 
     Attributes:
       models: labels of `MODELS`.
-      samplers: specs for `sampler_from_spec`.
+      samplers: specs for `samplers.build_sampler`.
       nfes: target score evaluations per solve.
       repeats: timed calls after the compiling one (medians are reported).
       seed: initialises the networks and draws x_T.
@@ -76,11 +77,11 @@ def network_case(label: str, key: jax.Array, repeats: int) -> Case:
 
 def bench_overhead(settings: OverheadBench, *, progress: bool = True) -> list[dict[str, Any]]:
     """One row per model x sampler x NFE: times, the NFE used and the overhead ratio, from `run_grid`."""
-    samplers = {spec: sampler_from_spec(spec) for spec in settings.samplers}
+    by_spec = {spec: samplers.build_sampler(spec) for spec in settings.samplers}
     key = jax.random.PRNGKey(settings.seed)
     cases = {label: functools.partial(network_case, label, key, settings.repeats)
              for label in settings.models}
-    results = run_grid(cases, samplers, settings.nfes, key=key, repeats=settings.repeats, progress=progress)
+    results = run_grid(cases, by_spec, settings.nfes, key=key, repeats=settings.repeats, progress=progress)
     rows = []
     for r in results.records:
         score_s = results.cases[r.case]["score_s"]

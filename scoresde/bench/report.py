@@ -22,6 +22,7 @@ Payload = Mapping[str, Any]
 # their names.
 FIGURE_TITLES = {
     "pathwise": "pathwise error",
+    "pathwise_fit": "pathwise on fitting paths",
     "sliced_wasserstein": "sliced W2",
     "mmd": "MMD",
     "in_support": "in support",
@@ -93,24 +94,48 @@ def pivot(payload: Payload, case: str, figure: str) -> str:
     return "\n".join(lines)
 
 
+FRONTIER_NFES = (5, 10)
+FRONTIER_SIZE = 3
+
+
+def frontier(payload: Payload) -> list[str]:
+    """The few-step frontier: per case, at 5 and 10 NFE, the samplers of smallest pathwise error."""
+    lines = []
+    for n in FRONTIER_NFES:
+        for case in payload["cases"]:
+            cells = sorted((r["figures"]["pathwise"], r["sampler"]) for r in payload["records"]
+                           if r["case"] == case and r["nfe_target"] == n and r["figures"].get("pathwise"))
+            if cells:
+                best = ", ".join(f"{sampler} {_number(error)}" for error, sampler in cells[:FRONTIER_SIZE])
+                lines.append(f"| {case} | {n} | {best} |")
+    if not lines:
+        return []
+    head = ["### Few-step frontier", "", "| case | NFE | smallest pathwise errors |", "|---|---:|---|"]
+    return head + lines + [""]
+
+
 def markdown(payload: Payload) -> str:
-    """Per case: the plotted figures by sampler and NFE, then all figures, each beside its floor."""
+    """The few-step frontier, then per case the plotted figures by sampler and NFE and all figures, each
+    beside its floor."""
     names = _figure_names(payload)
     titles = [FIGURE_TITLES.get(n, n) for n in names]
-    out = []
+    out = frontier(payload)
     for label, summary in payload["cases"].items():
         floors = summary.get("floors", {})
         out += _case_heading(label, summary)
         for name in PLOTTED_FIGURES:
             if name in names:
                 out += [pivot(payload, label, name), ""]
-        out.append("| sampler | NFE | " + " | ".join(titles) + " | compile (s) | run (ms) |")
-        out.append("|---|---:|" + "---:|" * (len(names) + 2))
+        fitted = any(r.get("fit_s") is not None for r in payload["records"])
+        out.append("| sampler | NFE | " + " | ".join(titles) + " | compile (s) | run (ms) |"
+                   + (" fit (s) |" if fitted else ""))
+        out.append("|---|---:|" + "---:|" * (len(names) + 2 + fitted))
         for r in (r for r in payload["records"] if r["case"] == label):
             cells = [_number(r["figures"].get(n)) + (f" ({_number(floors[n])})" if n in floors else "")
                      for n in names]
+            fit = f" {_number(r.get('fit_s'))} |" if fitted else ""
             out.append(f"| {r['sampler']} | {r['nfe']} | " + " | ".join(cells)
-                       + f" | {r['compile_s']:.2f} | {1e3 * r['run_s']:.2f} |")
+                       + f" | {r['compile_s']:.2f} | {1e3 * r['run_s']:.2f} |" + fit)
         out.append("")
     return "\n".join(out)
 

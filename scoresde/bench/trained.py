@@ -19,10 +19,10 @@ import dataclasses
 import jax
 import numpy as np
 
-from scoresde import evaluation, experiment as experiment_lib
+from scoresde import evaluation, experiment as experiment_lib, samplers
 from scoresde.bench.accuracy import pathwise_error, reference_solve
 from scoresde.bench.exact import DEFAULT_SAMPLERS
-from scoresde.bench.grid import Case, GridResults, as_figure, check_nfes, run_grid, sampler_from_spec
+from scoresde.bench.grid import Case, GridResults, as_figure, check_nfes, run_grid
 from scoresde.samplers.base import require
 
 Array = jax.Array
@@ -34,7 +34,7 @@ class TrainedBench:
 
     Attributes:
       workdir: a training run; its newest checkpoint's EMA parameters give the score.
-      samplers: specs for `sampler_from_spec`, e.g. "unipc:order=3".
+      samplers: specs for `samplers.build_sampler`, e.g. "unipc:order=3".
       nfes: target score evaluations per solve.
       num_samples: paths per sampler (at most half the held-out points are compared for 2-D sets).
       likelihood_samples: how many of each sampler's samples the model's likelihood is computed for (0: none).
@@ -128,10 +128,10 @@ def trained_case(experiment: experiment_lib.Experiment, params, settings: Traine
 def bench_trained(settings: TrainedBench, *, progress: bool = True) -> GridResults:
     """Runs the grid of `settings` on the newest checkpoint of `settings.workdir`."""
     require(bool(settings.workdir), "bench samplers on a trained model needs --workdir.")
-    samplers = {spec: sampler_from_spec(spec) for spec in settings.samplers}
+    by_spec = {spec: samplers.build_sampler(spec) for spec in settings.samplers}
     experiment, state = experiment_lib.restore(settings.workdir)
     label = experiment.config.training.sde
     case = lambda: trained_case(experiment, state.ema_params, settings)
     key = jax.random.fold_in(jax.random.PRNGKey(settings.seed), 1)
-    return run_grid({label: case}, samplers, settings.nfes, key=key, repeats=settings.repeats,
+    return run_grid({label: case}, by_spec, settings.nfes, key=key, repeats=settings.repeats,
                     progress=progress)

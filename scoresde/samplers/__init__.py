@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import ast
+import dataclasses
 from typing import Any
 
 import jax
 
-from scoresde.samplers.base import Constraint, FixedStepSampler, Sampler, in_work_dtype, per_example
+from scoresde.samplers.base import Constraint, FixedStepSampler, Sampler, in_work_dtype, per_example, require
 from scoresde.samplers.deis import DEIS
 from scoresde.samplers.exponential import DDIM, DPMSolverPP, UniPC
 from scoresde.samplers.ipndm import IPNDM
@@ -32,10 +34,37 @@ _SAMPLERS = {
 }
 
 
-def build_sampler(name: str, **settings) -> Sampler:
-    """Constructs a sampler by name with the given settings; the error lists the valid names."""
-    if name not in _SAMPLERS:
-        raise ValueError(f"unknown sampler {name!r}; valid names: {sorted(_SAMPLERS)}.")
+def parse_spec(spec: str) -> tuple[str, dict[str, Any]]:
+    """(name, settings) of a spec "name" or "name:setting=value:...", e.g. "unipc:order=3"; values are Python
+    literals (numbers, True/False, tuples) or else strings."""
+    name, *options = spec.split(":")
+    settings = {}
+    for option in options:
+        key, sep, value = option.partition("=")
+        require(bool(sep and key), f"sampler {spec!r}: setting {option!r} is not key=value.")
+        try:
+            settings[key] = ast.literal_eval(value)
+        except (ValueError, SyntaxError):
+            settings[key] = value
+    return name, settings
+
+
+def build_sampler(spec: str, **defaults) -> Sampler:
+    """The one way to name a sampler: from a spec, "name" or "name:setting=value:...", e.g.
+    "dpm_solver_pp:order=3" or "heun:s_churn=10", as configs, the CLI and the benchmarks give them.
+
+    Keyword `defaults` are settings the spec's own override (a config's PC settings, its step count).
+
+    Raises:
+      ValueError: for an unknown name or setting, listing the valid ones, or a malformed spec.
+    """
+    name, settings = parse_spec(spec)
+    require(name in _SAMPLERS, f"unknown sampler {name!r}; valid names: {sorted(_SAMPLERS)}.")
+    valid = [f.name for f in dataclasses.fields(_SAMPLERS[name])]
+    settings = {**defaults, **settings}
+    unknown = sorted(set(settings) - set(valid))
+    require(not unknown,
+            f"sampler {spec!r}: unknown setting(s) {unknown}; valid settings of {name}: {valid}.")
     return _SAMPLERS[name](**settings)
 
 
@@ -120,5 +149,6 @@ __all__ = [
     "Sampler",
     "UniPC",
     "build_sampler",
+    "parse_spec",
     "sample",
 ]
