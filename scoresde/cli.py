@@ -7,6 +7,10 @@ Verbs:
   sample   with --workdir: draw samples from the newest checkpoint's EMA parameters with any sampler
            (--sampler, --num_steps); without it: from the exact score of a named Gaussian-mixture --problem.
            Writes samples .npz and a PNG.
+  inpaint  with --workdir, --input and --mask: fill in the unknown entries (mask 0) of the examples in --input
+           by sampling the run's model conditioned on the known ones (`scoresde.guidance.inpaint`).
+  colorize with --workdir and --input: colour grey images with the run's colour model, keeping their grey
+           value (`scoresde.guidance.colorize`). Both read a PNG or an .npz and write .npz and PNG.
   eval     with --workdir: sample metrics against held-out data (2-D sets: sliced Wasserstein and MMD;
            labelled images: a classifier's confidence and a Frechet distance in its feature space) and the
            test-set likelihood (bits/dim for images, nats per example for points); writes
@@ -30,6 +34,7 @@ import inspect
 import json
 import pathlib
 import sys
+from typing import Callable
 
 import jax
 import numpy as np
@@ -38,7 +43,7 @@ from ml_collections import config_flags
 
 from scoresde import config as config_lib
 from scoresde.bench import command as bench_command
-from scoresde import evaluation, parallel, plots, samplers, sde as sde_lib, toy, train
+from scoresde import evaluation, guidance, observations, parallel, plots, samplers, sde as sde_lib, toy, train
 from scoresde import experiment as experiment_lib
 from scoresde import workdir as workdir_lib
 
@@ -90,6 +95,11 @@ flags.DEFINE_integer("num_steps", 500, "Sampler steps; with --workdir the config
                      "default.")
 flags.DEFINE_integer("num_samples", 2000, "Number of samples; with --workdir the config's eval.num_samples "
                      "by default; bench samplers: paths per sampler (default 4000, with --workdir 1000).")
+flags.DEFINE_string("input", None, "inpaint, colorize: the examples to complete, a PNG or an .npz with an "
+                    "array x, one example or a batch [N, ...] (images uint8 or in [0, 1]).")
+flags.DEFINE_string("mask", None, "inpaint: what is known, a PNG of black (unknown) and white (known) pixels "
+                    "or an .npz with an array mask of 0s and 1s (1 = known), shaped like one example or the "
+                    "batch.")
 flags.DEFINE_integer("seed", 0, "PRNG seed of sampling and evaluation.")
 flags.DEFINE_string("outdir", "out/sample", "sample: where samples.npz and samples.png are written "
                     "(with --workdir by default <workdir>/samples); eval: where step_<step>.json is written "
@@ -197,6 +207,61 @@ def sample_verb() -> None:
     (sample_workdir if FLAGS.workdir else sample_problem)()
 
 
+def _constrained(verb: str, experiment: experiment_lib.Experiment, x: np.ndarray) -> tuple[Callable, dict]:
+    """The jittable (params, key) -> (x, nfe) of `verb` on the examples x: [N, ...] in the stored range, and
+    the arrays to save beside the result; checks the flags and files first."""
+    objective, dataset = experiment.objective, experiment.dataset
+    sampler, kwargs = _workdir_sampler(experiment), {"denoise": experiment.config.sampling.noise_removal}
+    x_model = dataset.scale(x)
+    if verb == "inpaint":
+        mask = observations.read_mask(FLAGS.mask, x.shape, images=dataset.is_image)
+        run = lambda params, key: guidance.inpaint(key, objective.sde, objective.score_fn(params), x_model,
+                                                   mask, sampler, **kwargs)
+        return run, {"input": x, "mask": mask}
+    run = lambda params, key: guidance.colorize(key, objective.sde, objective.score_fn(params), x_model,
+                                                sampler, **kwargs)
+    return run, {"input": x}
+
+
+def _complete(verb: str) -> None:
+    """inpaint / colorize: completes --input with the newest checkpoint of --workdir; writes
+    <verb>_<step>_<sampler>.npz (x, input, mask, nfe, step) and .png (each input beside its completion)."""
+    for name in ("workdir", "input") + (("mask",) if verb == "inpaint" else ()):
+        _require_flag(name, verb)
+    workdir = pathlib.Path(FLAGS.workdir)
+    experiment, state = experiment_lib.restore(workdir)
+    dataset, shape = experiment.dataset, experiment.example_shape
+    if verb == "colorize" and not (dataset.is_image and shape[-1] >= 2):
+        raise ValueError(f"colorize needs a model of colour images; the run in {workdir} models examples "
+                         f"shaped {shape} (data.num_channels={experiment.config.data.num_channels}).")
+    x = observations.read_examples(FLAGS.input, shape, images=dataset.is_image, grey=verb == "colorize")
+    run, arrays = _constrained(verb, experiment, x)
+    y, nfe = jax.jit(run)(state.ema_params, jax.random.PRNGKey(FLAGS.seed))
+    y = np.asarray(dataset.unscale(y))
+    if verb == "inpaint":  # the known entries exactly as given, not through the model's scaling and back
+        y = np.where(arrays["mask"] > 0, x, y)
+    out = pathlib.Path(_given("outdir", workdir / workdir_lib.SAMPLES_DIR))
+    out.mkdir(parents=True, exist_ok=True)
+    stem = out / f"{verb}_{int(state.step)}_{_given('sampler', experiment.config.sampling.method)}"
+    np.savez(f"{stem}.npz", x=y, nfe=int(nfe), step=int(state.step), **arrays)
+    grey = np.broadcast_to(x.mean(axis=-1, keepdims=True), x.shape)
+    shown = x * arrays["mask"] if verb == "inpaint" else grey
+    pictures = np.stack([shown, y], axis=1).reshape((-1,) + shape) if dataset.is_image else y
+    experiment_lib.write_samples_png(pathlib.Path(f"{stem}.png"), experiment, pictures,
+                                     f"{verb}, step {int(state.step)}, {int(nfe)} NFE")
+    print(f"wrote {stem}.npz and {stem}.png ({len(y)} examples, {int(nfe)} score evaluations)")
+
+
+def inpaint_verb() -> None:
+    """Fill in the unknown entries (--mask 0) of --input with the model of --workdir."""
+    _complete("inpaint")
+
+
+def colorize_verb() -> None:
+    """Colour the grey images of --input with the colour model of --workdir."""
+    _complete("colorize")
+
+
 def eval_verb() -> None:
     """Scores --workdir's newest checkpoint against held-out data; writes eval/step_<step>.json."""
     _require_flag("workdir", "eval")
@@ -254,7 +319,8 @@ def bench_verb(what: str = "") -> None:
                       progress=FLAGS.progress)
 
 
-VERBS = {"train": train_verb, "sample": sample_verb, "eval": eval_verb, "bench": bench_verb}
+VERBS = {"train": train_verb, "sample": sample_verb, "inpaint": inpaint_verb, "colorize": colorize_verb,
+         "eval": eval_verb, "bench": bench_verb}
 HELP_FLAGS = ("--help", "-h", "-?", "help")
 
 

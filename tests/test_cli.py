@@ -243,7 +243,8 @@ def test_a_workdir_with_another_config_is_refused_untouched(trained, tmp_path, m
     (["sample", "--workdir=/nonexistent/run"], "/nonexistent/run holds no training run"),
     (["sample", "--sampler=heun2", "--num_samples=4"], "unknown sampler 'heun2'"),
     (["sample", "--sampler=rk45", "--num_steps=3"], "sampler 'rk45' chooses its own steps"),
-    (["trian"], "usage: scoresde VERB [--flags]; VERB is one of ['bench', 'eval', 'sample', 'train']"),
+    (["trian"], "usage: scoresde VERB [--flags]; VERB is one of ['bench', 'colorize', 'eval', 'inpaint', "
+                "'sample', 'train']"),
     (["eval", "extra"], "usage: scoresde eval [--flags]; unexpected arguments ['extra']"),
 ])
 def test_bad_sample_and_eval_input(args, message, monkeypatch, capsys):
