@@ -5,8 +5,9 @@ Verbs:
            its newest checkpoint, one with another config only with --resume (continue) or --overwrite (start
            over).
   sample   with --workdir: draw samples from the newest checkpoint's EMA parameters with any sampler
-           (--sampler, --num_steps); without it: from the exact score of a named Gaussian-mixture --problem.
-           Writes samples .npz and a PNG.
+           (--sampler, --num_steps), of a class-conditional run's class --class_label, optionally with
+           classifier-free --guidance_scale; without it: from the exact score of a named Gaussian-mixture
+           --problem. Writes samples .npz and a PNG.
   inpaint  with --workdir, --input and --mask: fill in the unknown entries (mask 0) of the examples in --input
            by sampling the run's model conditioned on the known ones (`scoresde.guidance.inpaint`).
   colorize with --workdir and --input: colour grey images with the run's colour model, keeping their grey
@@ -101,6 +102,11 @@ flags.DEFINE_string("mask", None, "inpaint: what is known, a PNG of black (unkno
                     "or an .npz with an array mask of 0s and 1s (1 = known), shaped like one example or the "
                     "batch.")
 flags.DEFINE_integer("seed", 0, "PRNG seed of sampling and evaluation.")
+flags.DEFINE_integer("class_label", None, "sample --workdir: draw class K (0 .. model.num_classes - 1) of a "
+                     "class-conditional run; without it, its unconditional score.")
+flags.DEFINE_float("guidance_scale", 0.0, "sample --workdir --class_label: classifier-free guidance "
+                   "weight w >= 0 (Ho & Salimans' w: 0 is the conditional score; diffusers' guidance_scale "
+                   "is w + 1).")
 flags.DEFINE_string("outdir", "out/sample", "sample: where samples.npz and samples.png are written "
                     "(with --workdir by default <workdir>/samples); eval: where step_<step>.json is written "
                     "(default <workdir>/eval); bench: default out/bench/samplers or out/bench/overhead.")
@@ -163,26 +169,45 @@ def _workdir_sampler(experiment: experiment_lib.Experiment) -> samplers.Sampler:
     return sampling.build_sampler(method, _given("num_steps", default_steps))
 
 
+def _class_condition() -> tuple[dict, str]:
+    """--class_label and --guidance_scale as npz fields, and the suffix of the files they name."""
+    label, scale = FLAGS.class_label, FLAGS.guidance_scale
+    if scale < 0:
+        raise ValueError(f"--guidance_scale must be >= 0 (0: no guidance); got {scale}.")
+    if label is None:
+        if FLAGS["guidance_scale"].present:
+            raise ValueError("--guidance_scale needs --class_label: guidance pulls towards a class.")
+        return {}, ""
+    suffix = f"_class{label}" + (f"_w{scale:g}" if scale else "")
+    return {"class_label": label, "guidance_scale": scale}, suffix
+
+
 def sample_workdir() -> None:
-    """Samples the newest checkpoint of --workdir; writes samples_<step>_<sampler>.npz and .png."""
+    """Samples the newest checkpoint of --workdir; writes samples_<step>_<sampler>[_class<K>[_w<W>]].npz and
+    .png."""
     _refuse_problem_flags()
     workdir = pathlib.Path(FLAGS.workdir)
+    condition, suffix = _class_condition()
     experiment, state = experiment_lib.restore(workdir)
     sampler = _workdir_sampler(experiment)
     num_samples = _num_samples(experiment.config.eval.num_samples)
-    draw = experiment_lib.sampling_fn(experiment, num_samples, sampler)
-    x, nfe = draw(state.ema_params, jax.random.PRNGKey(FLAGS.seed))
+    draw = experiment_lib.sampling_fn(experiment, num_samples, sampler, guidance_scale=FLAGS.guidance_scale)
+    x, nfe = draw(state.ema_params, jax.random.PRNGKey(FLAGS.seed), FLAGS.class_label)
     out = pathlib.Path(_given("outdir", workdir / workdir_lib.SAMPLES_DIR))
     out.mkdir(parents=True, exist_ok=True)
-    stem = out / f"samples_{int(state.step)}_{_given('sampler', experiment.config.sampling.method)}"
-    np.savez(f"{stem}.npz", x=x, nfe=nfe, step=int(state.step))
-    title = f"step {int(state.step)}, {nfe} NFE"
+    method = _given("sampler", experiment.config.sampling.method)
+    stem = out / f"samples_{int(state.step)}_{method}{suffix}"
+    np.savez(f"{stem}.npz", x=x, nfe=nfe, step=int(state.step), **condition)
+    title = f"step {int(state.step)}, {nfe} NFE" + "".join(f", {k} {v:g}" for k, v in condition.items())
     experiment_lib.write_samples_png(pathlib.Path(f"{stem}.png"), experiment, x, title)
     print(f"wrote {stem}.npz and {stem}.png ({num_samples} samples, {nfe} score evaluations)")
 
 
 def sample_problem() -> None:
     """Samples the exact score of --problem and writes samples.npz and samples.png into --outdir."""
+    if FLAGS["class_label"].present or FLAGS["guidance_scale"].present:
+        raise ValueError("--class_label and --guidance_scale sample a class-conditional run: they need "
+                         "--workdir.")
     num_samples = _num_samples(FLAGS.num_samples)
     mix = toy.build_problem(FLAGS.problem)
     sde = sde_lib.build_sde(FLAGS.sde)

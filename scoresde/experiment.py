@@ -20,7 +20,7 @@ import numpy as np
 import optax
 from flax import struct
 
-from scoresde import checkpoint, parallel, plots
+from scoresde import checkpoint, guidance, parallel, plots
 from scoresde import data as data_lib
 from scoresde import workdir as workdir_lib
 from scoresde.classifier import ClassifierObjective, LogProbFn
@@ -30,6 +30,7 @@ from scoresde.objective import Objective
 from scoresde.optim import build_optimizer
 from scoresde.samplers import Sampler, sample
 from scoresde.samplers.base import require
+from scoresde.sde import ScoreFn
 
 Array = jax.Array
 
@@ -169,8 +170,29 @@ def check_class_labels(num_classes: int, labels: np.ndarray) -> None:
     every label lies in [0, num_classes)."""
     require(num_classes > 0, "class_label needs a class-conditional model; this run is unconditional "
                              "(model.num_classes=0).")
-    bad = sorted(set(np.asarray(labels).ravel().tolist()) - set(range(num_classes)))
-    require(not bad, f"class_label {bad[0]} is outside the trained classes 0 .. {num_classes - 1}.")
+    for label in np.unique(labels):
+        require(0 <= label < num_classes,
+                f"class_label {label} is outside the trained classes 0 .. {num_classes - 1}.")
+
+
+def class_score_fn(
+    objective: Objective, params: Any, cond: Array | None, guidance_scale: float = 0.0
+) -> ScoreFn:
+    """The score of a run's network closed over class labels, with classifier-free guidance of weight w.
+
+    Args:
+      objective: the run's objective; params: its (EMA) parameters.
+      cond: class labels, one int or [B]; None: the unconditional score (a class-conditional network's null
+        class).
+      guidance_scale: Ho & Salimans' w >= 0 (`guidance.classifier_free_guidance`): the conditional score plus
+        w times its difference from the null class's; 0 is the conditional score alone, one evaluation.
+    """
+    require(guidance_scale >= 0, f"guidance_scale must be >= 0; got {guidance_scale}.")
+    require(cond is not None or not guidance_scale, "guidance_scale needs class labels to guide towards.")
+    conditional = objective.score_fn(params, cond=cond)
+    if not guidance_scale:
+        return conditional
+    return guidance.classifier_free_guidance(conditional, objective.score_fn(params), guidance_scale)
 
 
 def classifier_log_prob_fn(
@@ -214,13 +236,13 @@ def _check_guides(classifier: Experiment, guided: Experiment, workdir: pathlib.P
 
 
 def sampling_fn(
-    experiment: Experiment, num_samples: int, sampler: Sampler | None = None
+    experiment: Experiment, num_samples: int, sampler: Sampler | None = None, *, guidance_scale: float = 0.0
 ) -> Callable[..., tuple[np.ndarray, int]]:
     """(params, key, cond=None) -> (num_samples samples in the data's stored range, NFE), compiled once.
 
     Images come back in [0, 1], points as given; `sampler` defaults to the config's. `cond`: the class
     label(s) of a class-conditional run, one int or [num_samples]; None samples its unconditional score (its
-    null class).
+    null class). `guidance_scale`: classifier-free guidance towards `cond` (see `class_score_fn`).
     """
     sampler = experiment.sampler if sampler is None else sampler
     objective, shape = experiment.objective, (num_samples,) + experiment.example_shape
@@ -228,7 +250,7 @@ def sampling_fn(
 
     @jax.jit
     def draw(params, key, cond):
-        score_fn = objective.score_fn(params, cond=cond)
+        score_fn = class_score_fn(objective, params, cond, guidance_scale)
         return sample(key, objective.sde, score_fn, shape, sampler, denoise=denoise)
 
     def samples(params, key, cond=None):

@@ -29,11 +29,12 @@ def scatter_png(path: str | pathlib.Path, samples, reference=None, title: str = 
     plt.close(fig)
 
 
-def image_grid_png(path: str | pathlib.Path, images, scale: int = 4) -> None:
-    """A square grid of images: [N, H, W, C] with values in [0, 1], each pixel repeated `scale` times."""
+def image_grid_png(path: str | pathlib.Path, images, scale: int = 4, cols: int | None = None) -> None:
+    """A grid of images: [N, H, W, C] with values in [0, 1], each pixel repeated `scale` times, `cols` per row
+    (default: a square grid)."""
     x = np.clip(np.asarray(images, np.float32), 0.0, 1.0)
     n, h, w, c = x.shape
-    cols = math.ceil(math.sqrt(n))
+    cols = cols or math.ceil(math.sqrt(n))
     rows = math.ceil(n / cols)
     grid = np.ones((rows * (h + 1) + 1, cols * (w + 1) + 1, c), np.float32)
     for i in range(n):

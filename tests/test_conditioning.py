@@ -26,6 +26,7 @@ from scoresde.data import Batch, DataConfig, build_dataset
 from scoresde.models import build_model
 
 import tiny_runs
+from test_cli import TINY_MLP_FLAGS, _NoCapture, _snapshot, scoresde
 
 NUM_CLASSES = 3
 X_POINTS = jnp.asarray(np.random.default_rng(0).normal(size=(6, 2)), jnp.float32)
@@ -243,3 +244,92 @@ def test_a_run_written_before_the_condition_slot_restores_and_resumes(tmp_path):
     assert not workdir_lib.check_workdir(tmp_path / "old", experiment.config, resume=False, overwrite=False)
     resumed = train.run(experiment, tmp_path / "old", progress=False)  # nothing left to do: same config
     assert int(resumed.step) == 4
+
+
+# ---------------------------------------------------------------------------- a conditional run, sampled
+
+
+@pytest.fixture(scope="module")
+def labelled_points(tmp_path_factory) -> pathlib.Path:
+    """Two labelled clusters of 2-D points, at (-2, 0) (label 0) and (2, 0) (label 1)."""
+    rng = np.random.default_rng(0)
+    labels = rng.integers(0, 2, 512)
+    points = rng.normal(0.0, 0.3, (512, 2)) + np.stack([4.0 * labels - 2.0, 0 * labels], axis=1)
+    path = tmp_path_factory.mktemp("points") / "clusters.npz"
+    np.savez(path, x=points.astype(np.float32), y=labels)
+    return path
+
+
+@pytest.fixture(scope="module")
+def conditional_run(tmp_path_factory, labelled_points):
+    """A workdir of the tiny MLP trained by `scoresde train` on the labelled clusters with label dropout."""
+    workdir = tmp_path_factory.mktemp("conditional") / "run"
+    flags = [*TINY_MLP_FLAGS, "--config.data.dataset=npz", f"--config.data.path={labelled_points}",
+             "--config.model.num_classes=2", "--config.training.cond_dropout=0.2"]
+    with pytest.MonkeyPatch.context() as monkeypatch:
+        code, out, err = scoresde(monkeypatch, _NoCapture(), "train", f"--workdir={workdir}", *flags)
+    assert code == 0, err
+    return workdir
+
+
+def test_sample_class_label_writes_npz_and_png(conditional_run, monkeypatch, capsys):
+    x = {}
+    for label in (0, 1):
+        code, out, err = scoresde(monkeypatch, capsys, "sample", f"--workdir={conditional_run}",
+                                  f"--class_label={label}", "--num_samples=16", "--num_steps=3")
+        assert code == 0, err
+        stem = conditional_run / "samples" / f"samples_4_pc_class{label}"
+        with np.load(f"{stem}.npz") as samples:
+            x[label] = samples["x"]
+            assert int(samples["class_label"]) == label
+        assert x[label].shape == (16, 2) and np.all(np.isfinite(x[label]))
+        assert pathlib.Path(f"{stem}.png").is_file()
+    assert not np.array_equal(x[0], x[1])  # the same noise, another label
+    code, out, err = scoresde(monkeypatch, capsys, "sample", f"--workdir={conditional_run}",
+                              "--class_label=1", "--guidance_scale=2", "--num_samples=16", "--num_steps=3")
+    assert code == 0, err
+    with np.load(conditional_run / "samples" / "samples_4_pc_class1_w2.npz") as guided:
+        assert float(guided["guidance_scale"]) == 2.0 and not np.array_equal(guided["x"], x[1])
+
+
+def test_guided_score_is_the_conditional_plus_w_times_its_difference_from_the_null_class(conditional_run):
+    experiment, state = experiment_lib.restore(conditional_run)
+    objective, t = experiment.objective, jnp.full((len(X_POINTS),), 0.3)
+    conditional = objective.score_fn(state.ema_params, cond=1)(X_POINTS, t)
+    null = objective.score_fn(state.ema_params)(X_POINTS, t)
+    assert np.max(np.abs(conditional - null)) > 1e-6
+    for w in (0.0, 2.5):
+        guided = experiment_lib.class_score_fn(objective, state.ema_params, 1, w)(X_POINTS, t)
+        np.testing.assert_allclose(guided, conditional + w * (conditional - null), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--class_label=2"], "class_label 2 is outside the trained classes 0 .. 1"),
+    (["--class_label=-1"], "class_label -1 is outside the trained classes 0 .. 1"),
+    (["--guidance_scale=1"], "--guidance_scale needs --class_label"),
+    (["--class_label=1", "--guidance_scale=-0.5"], "--guidance_scale must be >= 0 (0: no guidance); got -0.5"),
+])
+def test_bad_class_label_input_is_one_line_and_writes_nothing(conditional_run, args, message, monkeypatch,
+                                                              capsys):
+    before = _snapshot(conditional_run)
+    code, out, err = scoresde(monkeypatch, capsys, "sample", f"--workdir={conditional_run}", *args)
+    assert (code, err.count("\n")) == (2, 1) and message in err, err
+    assert _snapshot(conditional_run) == before
+
+
+def test_cond_dropout_outside_the_unit_interval_is_refused_before_the_workdir(tmp_path, monkeypatch, capsys):
+    code, out, err = scoresde(monkeypatch, capsys, "train", f"--workdir={tmp_path / 'run'}", *TINY_MLP_FLAGS,
+                              "--config.training.cond_dropout=1.5")
+    assert (code, err.count("\n")) == (2, 1) and "training.cond_dropout must lie in [0, 1]; got 1.5" in err
+    assert not (tmp_path / "run").exists()
+
+
+def test_class_label_on_an_unconditional_run_is_refused(tmp_path, monkeypatch, capsys):
+    code, out, err = scoresde(monkeypatch, capsys, "train", f"--workdir={tmp_path / 'run'}", *TINY_MLP_FLAGS)
+    assert code == 0, err
+    before = _snapshot(tmp_path)
+    for args in (["--class_label=0"], ["--class_label=0", "--guidance_scale=2"]):
+        code, out, err = scoresde(monkeypatch, capsys, "sample", f"--workdir={tmp_path / 'run'}", *args)
+        assert (code, err.count("\n")) == (2, 1), err
+        assert "class_label needs a class-conditional model; this run is unconditional" in err
+    assert _snapshot(tmp_path) == before
