@@ -20,7 +20,7 @@ CIFAR10_PARAMETERS = {
     "cifar10/ddpm": 35_218_947,
 }
 TOY_CONFIGS = ("toy/checkerboard", "toy/swiss_roll", "toy/mixture", "toy/rings", "toy/two_moons")
-SDE_CONFIGS = [(path, sde) for path in (*TOY_CONFIGS, "digits/ddpmpp")
+SDE_CONFIGS = [(path, sde) for path in (*TOY_CONFIGS, "digits/ddpmpp", "digits/conditional")
                for sde in ("vpsde", "subvpsde", "vesde")]
 ALL_CONFIGS = [(path, ()) for path in ["default", *CIFAR10_PARAMETERS]] + [(p, (s,)) for p, s in SDE_CONFIGS]
 
