@@ -307,7 +307,8 @@ def test_guided_score_is_the_conditional_plus_w_times_its_difference_from_the_nu
     (["--class_label=2"], "class_label 2 is outside the trained classes 0 .. 1"),
     (["--class_label=-1"], "class_label -1 is outside the trained classes 0 .. 1"),
     (["--guidance_scale=1"], "--guidance_scale needs --class_label"),
-    (["--class_label=1", "--guidance_scale=-0.5"], "--guidance_scale must be >= 0 (0: no guidance); got -0.5"),
+    (["--class_label=1", "--guidance_scale=-0.5"],
+     "--guidance_scale must be >= 0 (0: no guidance); got -0.5"),
 ])
 def test_bad_class_label_input_is_one_line_and_writes_nothing(conditional_run, args, message, monkeypatch,
                                                               capsys):
