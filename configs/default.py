@@ -3,10 +3,10 @@
 Sections and field names are the reference implementation's (yang-song/score_sde, configs/), with its defaults
 for CIFAR-10 where it has the field; `scoresde.config` documents each field and converts this ConfigDict into
 typed dataclasses. Fields not in the reference: training.importance_weighting, training.eps,
-training.keep_checkpoints, training.cond_dropout, training.objective, model.parametrization,
-model.num_classes, data.path / npz_key / label_key / test_fraction / num_train / num_test. The `model`
-section's keys other than name, ema_rate, parametrization, sigma_*, beta_*, num_scales and num_classes are
-options of the network `model.name` (here the MLP's).
+training.keep_checkpoints, training.cond_dropout, training.objective, training.snapshot_sampler /
+snapshot_num_steps, model.parametrization, model.num_classes, data.path / npz_key / label_key /
+test_fraction / num_train / num_test. The `model` section's keys other than name, ema_rate, parametrization,
+sigma_*, beta_*, num_scales and num_classes are options of the network `model.name` (here the MLP's).
 """
 
 import ml_collections
@@ -35,6 +35,8 @@ def get_config() -> ml_collections.ConfigDict:
     training.keep_checkpoints = 0
     training.cond_dropout = 0.0  # with model.num_classes > 0: the share of labels dropped to the null class
     training.objective = "score"
+    training.snapshot_sampler = "dpm_solver_pp"
+    training.snapshot_num_steps = config_dict.FieldReference(10, field_type=int)  # None: the sampler's own
 
     config.sampling = sampling = ml_collections.ConfigDict()
     sampling.method = "pc"

@@ -37,13 +37,18 @@ Array = jax.Array
 
 @dataclasses.dataclass(frozen=True)
 class Experiment:
-    """Everything a config builds, once: data, objective, optimizer, sampler, and the config itself."""
+    """Everything a config builds, once: data, objective, optimizer, samplers, and the config itself.
+
+    `sampler` is the config's `sampling` section (sample, eval); `snapshot_sampler` draws the pictures of
+    training snapshots (`training.snapshot_sampler`, `training.snapshot_num_steps`).
+    """
 
     config: Config
     dataset: data_lib.Dataset
     objective: Objective | ClassifierObjective
     optimizer: optax.GradientTransformation
     sampler: Sampler
+    snapshot_sampler: Sampler
 
     @property
     def example_shape(self) -> tuple[int, ...]:
@@ -135,12 +140,14 @@ def build_optimizer_of(config: Config) -> optax.GradientTransformation:
 
 
 def build_experiment(config: Config) -> Experiment:
-    """The dataset, network, SDE, loss, optimizer and sampler a config names; ValueError on bad input."""
+    """The dataset, network, SDE, loss, optimizer and samplers a config names; ValueError on bad input."""
+    t = config.training
+    sampler = config.sampling.build_sampler(config.sampling.method, config.model.num_scales)
+    snapshot_sampler = config.sampling.build_sampler(t.snapshot_sampler, t.snapshot_num_steps)
     dataset = data_lib.build_dataset(config.data)
     check_labels(dataset, config.model.num_classes)
-    sampler = config.sampling.build_sampler(config.sampling.method, config.model.num_scales)
     return Experiment(config, dataset, build_objective(config, images=dataset.is_image),
-                      build_optimizer_of(config), sampler)
+                      build_optimizer_of(config), sampler, snapshot_sampler)
 
 
 def restore(workdir: pathlib.Path | str) -> tuple[Experiment, SamplingState]:

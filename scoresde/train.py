@@ -133,6 +133,11 @@ class _Log:
     def advance(self, steps: int) -> None:
         self._bar.update(steps)
 
+    def note(self, text: str) -> None:
+        """A line above the bar (none without progress)."""
+        if not self._bar.disable:
+            self._bar.write(text)
+
     def write(self, step: int, **metrics: float) -> None:
         self._file.write(json.dumps({"step": step, **metrics}) + "\n")
         self._file.flush()
@@ -172,7 +177,8 @@ def run(
     JSON object per line: training loss, steps/s and examples/s every log_freq steps; eval_loss of the EMA
     parameters on a test batch every eval_freq steps; a resumed run first drops the lines logged after its
     checkpoint, so no step appears twice) and, with snapshot_sampling and a generative objective
-    (`Experiment.snapshots_sample`), samples/step_<step>.png at every snapshot.
+    (`Experiment.snapshots_sample`), samples/step_<step>.png at every snapshot (batch_size samples by
+    `experiment.snapshot_sampler`, a few-step ODE solver by default).
 
     Raises:
       ValueError: on a batch not divisible by the device count, a workdir holding another config (see
@@ -192,7 +198,8 @@ def run(
     workdir_lib.truncate_metrics(workdir, int(state.step))
     steps = compile_train_steps(experiment.objective, experiment.optimizer, config.model.ema_rate, mesh)
     eval_loss = jax.jit(lambda params, key, batch: experiment.objective(params, key, batch, train=False))
-    snapshot_samples = sampling_fn(experiment, t.batch_size) if experiment.snapshots_sample else None
+    snapshot_samples = (sampling_fn(experiment, t.batch_size, experiment.snapshot_sampler)
+                        if experiment.snapshots_sample else None)
     step = int(state.step)
     log = _Log(workdir, step, t.n_iters, progress)
     losses = []
@@ -210,7 +217,7 @@ def run(
             if step % t.eval_freq == 0 and len(experiment.dataset.test):
                 test = experiment.dataset.test_batch(0, t.batch_size)
                 log.write(step, eval_loss=float(eval_loss(state.ema_params, jax.random.PRNGKey(step), test)))
-            _checkpoint(experiment, workdir, checkpoints, state, step, snapshot_samples)
+            _checkpoint(experiment, workdir, checkpoints, state, step, snapshot_samples, log)
     finally:
         log.close()
         checkpoints.close()
@@ -218,14 +225,18 @@ def run(
 
 
 def _checkpoint(experiment: Experiment, workdir: pathlib.Path, checkpoints: checkpoint.Checkpointer,
-                state: TrainState, step: int, snapshot_samples: Callable | None) -> None:
-    """Saves a snapshot (with samples) or a preemption checkpoint when `step` is due for one."""
+                state: TrainState, step: int, snapshot_samples: Callable | None, log: _Log) -> None:
+    """Saves a snapshot (with samples) or a preemption checkpoint when `step` is due for one.
+
+    Every snapshot's samples start from the same noise, so the pictures of one run show its progress.
+    """
     t = experiment.config.training
     snapshot = step % t.snapshot_freq == 0 or step == t.n_iters
     if snapshot or step % t.snapshot_freq_for_preemption == 0:
         checkpoints.save(step, state, snapshot=snapshot)
     if snapshot and snapshot_samples is not None:
-        x, nfe = snapshot_samples(state.ema_params, jax.random.PRNGKey(step))
+        x, nfe = snapshot_samples(state.ema_params, jax.random.PRNGKey(experiment.config.seed))
         (workdir / workdir_lib.SAMPLES_DIR).mkdir(exist_ok=True)
         path = workdir / workdir_lib.SAMPLES_DIR / f"step_{step}.png"
         write_samples_png(path, experiment, x, f"step {step}, {nfe} NFE")
+        log.note(f"step {step}: {len(x)} samples ({t.snapshot_sampler}, {nfe} NFE) in {path}")

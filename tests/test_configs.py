@@ -1,6 +1,8 @@
 """Tests for scoresde/config.py and configs/: every config file converts, builds and round-trips; the CIFAR-10
 configs build networks of exactly the reference's size (jax.eval_shape, no compute); bad keys are named."""
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -20,7 +22,7 @@ CIFAR10_PARAMETERS = {
     "cifar10/ddpm": 35_218_947,
 }
 TOY_CONFIGS = ("toy/checkerboard", "toy/swiss_roll", "toy/mixture", "toy/rings", "toy/two_moons")
-SDE_CONFIGS = [(path, sde) for path in (*TOY_CONFIGS, "digits/ddpmpp", "digits/conditional")
+SDE_CONFIGS = [(path, sde) for path in (*TOY_CONFIGS, "digits/ddpmpp", "digits/small", "digits/conditional")
                for sde in ("vpsde", "subvpsde", "vesde")]
 ALL_CONFIGS = [(path, ()) for path in ["default", *CIFAR10_PARAMETERS]] + [(p, (s,)) for p, s in SDE_CONFIGS]
 
@@ -47,6 +49,28 @@ def test_every_config_converts_round_trips_and_builds(path, args):
     assert isinstance(config.build_sde(), sde_lib.SDE)
     assert isinstance(config.sampling.build_sampler(config.sampling.method, config.model.num_scales),
                       samplers.Sampler)
+
+
+def test_the_small_digits_config_builds_the_network_its_readme_states():
+    # 8x8 digits; DDPM++ with levels at 8x8 (nf = 32 channels) and 4x4 (64), one residual block per level on
+    # the way down, attention only in the 4x4 middle block; a fast ODE sampler with few steps for snapshots.
+    config = _config("digits/small")
+    assert (config.data.image_size, config.model.name) == (8, "ddpmpp")
+    model, x, t = config.model.build_model(), jnp.zeros((2, 8, 8, 1)), jnp.ones((2,))
+    params = jax.eval_shape(model.init, jax.random.key(0), x, t)
+    out, state = jax.eval_shape(functools.partial(model.apply, capture_intermediates=True), params, x, t)
+    blocks = {name: value["__call__"][0].shape for name, value in state["intermediates"].items()
+              if name.startswith(("ResnetBlock", "AttnBlock"))}
+    assert out.shape == x.shape
+    assert {shape[1:3] for shape in blocks.values()} == {(8, 8), (4, 4)}
+    assert {shape[3] for shape in blocks.values()} == {32, 64}
+    assert [name for name in blocks if name.startswith("AttnBlock")] == ["AttnBlock_0"]
+    assert blocks["AttnBlock_0"] == (2, 4, 4, 64)
+    down = [blocks[f"ResnetBlock_{i}"] for i in range(3)]  # 8x8 block, downsampling block, 4x4 block
+    assert down == [(2, 8, 8, 32), (2, 4, 4, 32), (2, 4, 4, 64)]
+    t = config.training
+    snapshot = config.sampling.build_sampler(t.snapshot_sampler, t.snapshot_num_steps)
+    assert isinstance(snapshot, samplers.DPMSolverPP) and snapshot.num_steps <= 20
 
 
 def test_the_reference_per_sde_choices():
@@ -83,6 +107,9 @@ def test_reference_flags_select_the_loss(flags, loss):
     (lambda d: d["model"].update(scale_by_sigma=True),
      r"model.scale_by_sigma needs model.parametrization='score'"),
     (lambda d: d["training"].update(importance_weighting=True), "importance_weighting needs"),
+    (lambda d: d["training"].update(snapshot_num_steps=0), r"training.snapshot_num_steps must be >= 1"),
+    (lambda d: d["training"].update(snapshot_num_steps=None), None),
+    (lambda d: [d["training"].pop(k) for k in ("snapshot_sampler", "snapshot_num_steps")], None),
 ])
 def test_config_errors_name_the_key(edit, message):
     values = tiny_runs.load("default").to_dict()

@@ -20,7 +20,7 @@ import pytest
 
 from scoresde import config as config_lib
 from scoresde import experiment as experiment_lib
-from scoresde import optim, toy2d, train
+from scoresde import optim, samplers, toy2d, train
 from scoresde import workdir as workdir_lib
 from scoresde.evaluation import support_metrics
 
@@ -114,6 +114,17 @@ def test_a_workdir_with_another_config_is_refused_and_left_alone(mlp_run, tmp_pa
     assert {p: p.stat().st_mtime_ns for p in workdir.rglob("*")} == before
 
 
+def test_a_run_written_before_the_snapshot_sampler_fields_resumes_without_a_flag(mlp_run, tmp_path):
+    workdir = _copy_of(mlp_run[3], tmp_path)
+    path = workdir / workdir_lib.CONFIG_FILE
+    older = json.loads(path.read_text())
+    for key in ("snapshot_sampler", "snapshot_num_steps"):
+        del older["training"][key]
+    path.write_text(json.dumps(older))
+    assert int(train.run(_experiment(tiny_runs.tiny_mlp()), workdir, progress=False).step) == 4
+    assert workdir_lib.load_config(workdir).training.snapshot_sampler == "dpm_solver_pp"
+
+
 def test_restore_reads_the_step_and_ema_parameters_alone(mlp_run):
     _, _, trained, workdir = mlp_run
     _, state = experiment_lib.restore(workdir)
@@ -142,6 +153,24 @@ def test_resume_with_another_network_names_the_checkpoint(mlp_run, tmp_path):
     with pytest.raises(ValueError, match="does not fit this config's model"):
         train.run(wider, workdir, resume=True, progress=False)
     assert (workdir / workdir_lib.CONFIG_FILE).read_text() == config_before
+
+
+def test_snapshots_draw_with_the_configured_fast_sampler_at_every_snapshot(tmp_path, monkeypatch):
+    pictures = []
+    monkeypatch.setattr(train, "write_samples_png", lambda path, experiment, x, title: pictures.append(
+        (path.name, x, title)))
+    experiment = _experiment(tiny_runs.tiny_mlp(**{
+        "training.snapshot_freq": 2, "training.snapshot_sampler": "unipc", "training.snapshot_num_steps": 3}))
+    state = train.run(experiment, tmp_path, progress=False)
+    assert experiment.snapshot_sampler == samplers.UniPC(num_steps=3)
+    assert [name for name, _, _ in pictures] == ["step_2.png", "step_4.png"]
+    # The last picture is exactly a 3-step UniPC solve (and the denoising step) from the final EMA parameters.
+    batch = experiment.config.training.batch_size
+    draw = experiment_lib.sampling_fn(experiment, batch, samplers.UniPC(num_steps=3))
+    x, nfe = draw(state.ema_params, jax.random.PRNGKey(experiment.config.seed))
+    np.testing.assert_array_equal(pictures[-1][1], x)
+    assert nfe == 4 and pictures[-1][2] == "step 4, 4 NFE"
+    assert not np.array_equal(pictures[0][1], pictures[1][1])
 
 
 def test_warmup_is_linear_from_the_first_step():

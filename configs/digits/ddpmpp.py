@@ -1,4 +1,6 @@
-"""A small DDPM++ on scikit-learn's handwritten digits at 16x16 (1,797 images, no download).
+"""A small DDPM++ on scikit-learn's handwritten digits at 16x16 (1,797 images, no download), sized for a GPU.
+
+On a CPU its 20,000 steps take hours (README, "Speed"); configs/digits/small.py trains 8x8 digits in minutes.
 
 Choose the SDE after a colon: configs/digits/ddpmpp.py:vesde (default vpsde); VE switches to the reference's
 VE choices (score output, Fourier features of sigma, scale_by_sigma).
