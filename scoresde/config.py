@@ -80,7 +80,7 @@ class TrainingConfig:
       objective: what the network is trained for: "score" (denoising score matching, the losses above) or
         "classifier" (cross-entropy of the data's labels at every noise level, for classifier guidance;
         `scoresde.classifier`).
-      snapshot_sampler: sampler name (`scoresde.samplers.build_sampler`) of the snapshot pictures; a fast ODE
+      snapshot_sampler: sampler spec (`scoresde.samplers.build_sampler`) of the snapshot pictures; a fast ODE
         solver by default, so that a snapshot costs seconds, not a 1,000-step `sampling.method` pass.
       snapshot_num_steps: its steps; None: the sampler's own default (adaptive ones choose their steps).
     """
