@@ -4,7 +4,8 @@ Sections and field names are the reference implementation's (yang-song/score_sde
 for CIFAR-10 where it has the field; `scoresde.config` documents each field and converts this ConfigDict into
 typed dataclasses. Fields not in the reference: training.importance_weighting, training.eps,
 training.keep_checkpoints, training.cond_dropout, training.objective, training.snapshot_sampler /
-snapshot_num_steps, model.parametrization, model.num_classes, data.path / npz_key / label_key /
+snapshot_num_steps, optim.cosine_decay,
+model.parametrization, model.num_classes, data.path / npz_key / label_key /
 test_fraction / num_train / num_test. The `model` section's keys other than name, ema_rate, parametrization,
 sigma_*, beta_*, num_scales and num_classes are options of the network `model.name` (here the MLP's).
 """
@@ -89,6 +90,7 @@ def get_config() -> ml_collections.ConfigDict:
     optim.weight_decay = 0.0
     optim.warmup = 5000
     optim.grad_clip = 1.0
+    optim.cosine_decay = False
     return config
 
 

@@ -188,7 +188,7 @@ class EvalConfig:
 class OptimConfig:
     """The `optim` section: optimizer ("Adam"), lr, beta1, eps, weight_decay (decoupled, scaled by the
     learning rate as in the reference's flax.optim.Adam), warmup (linear, steps), grad_clip (global norm;
-    negative disables clipping)."""
+    negative disables clipping), cosine_decay (the rate falls to 0 along a cosine by training.n_iters)."""
 
     optimizer: str
     lr: float
@@ -197,6 +197,7 @@ class OptimConfig:
     weight_decay: float
     warmup: int
     grad_clip: float
+    cosine_decay: bool
 
 
 @dataclasses.dataclass(frozen=True)
@@ -287,6 +288,7 @@ ADDED_KEYS: dict[tuple[str, str], Any] = {
     ("training", "cond_dropout"): 0.0,
     ("model", "num_classes"): 0,
     ("training", "objective"): "score",
+    ("optim", "cosine_decay"): False,
     # Training is unchanged by these; an older run's snapshot pictures are drawn by the fast default.
     ("training", "snapshot_sampler"): "dpm_solver_pp",
     ("training", "snapshot_num_steps"): 10,

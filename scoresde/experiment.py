@@ -133,10 +133,11 @@ def build_objective(config: Config, *, images: bool) -> Objective | ClassifierOb
 
 
 def build_optimizer_of(config: Config) -> optax.GradientTransformation:
-    """`build_optimizer` with the config's `optim` section."""
+    """`build_optimizer` with the config's `optim` section (a cosine decay lasts training.n_iters)."""
     o = config.optim
     return build_optimizer(o.optimizer, lr=o.lr, beta1=o.beta1, eps=o.eps, weight_decay=o.weight_decay,
-                           warmup=o.warmup, grad_clip=o.grad_clip)
+                           warmup=o.warmup, grad_clip=o.grad_clip,
+                           decay_steps=config.training.n_iters if o.cosine_decay else 0)
 
 
 def build_experiment(config: Config) -> Experiment:

@@ -176,7 +176,8 @@ BAD_TRAIN_INPUT = {
     "unknown config field": (["--config.training.nosuch=1"],
                              "--config.training.nosuch: the config has no field 'nosuch'."),
     "unknown model option": (["--config=configs/toy/checkerboard.py:vesde", "--config.model.name=ncsnpp"],
-                             "unknown option(s) ['depth', 'width'] for model 'ncsnpp'"),
+                             "unknown option(s) ['depth', 'input_features', 'input_scale', 'width'] for "
+                             "model 'ncsnpp'"),
     "config file argument": (["--config=configs/toy/checkerboard.py:vp"], "unknown SDE 'vp'"),
     "missing config file": (["--config=configs/toy/checkerbored.py"],
                             "config file 'configs/toy/checkerbored.py' does not exist"),

@@ -178,6 +178,13 @@ def test_warmup_is_linear_from_the_first_step():
     np.testing.assert_allclose([schedule(k) for k in range(6)], [0.25, 0.5, 0.75, 1.0, 1.0, 1.0])
 
 
+def test_cosine_decay_halves_the_rate_midway_and_ends_at_zero():
+    schedule = optim.warmup_schedule(1.0, 2, decay_steps=8)
+    expected = [0.5 * (1 + np.cos(np.pi * min(k / 8, 1))) * min((k + 1) / 2, 1.0) for k in range(10)]
+    np.testing.assert_allclose([schedule(k) for k in range(10)], expected, rtol=1e-6, atol=1e-7)
+    assert abs(float(schedule(4)) - 0.5) < 1e-7 and abs(float(schedule(9))) < 1e-7
+
+
 def test_optimizer_clips_the_global_norm_and_decays_weights():
     optimizer = optim.build_optimizer("Adam", lr=0.1, grad_clip=1.0, weight_decay=0.5)
     params = {"w": jnp.array([2.0, 0.0])}

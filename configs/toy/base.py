@@ -52,4 +52,7 @@ def toy_config(dataset: str, sde: str) -> ml_collections.ConfigDict:
 
     config.optim.lr = 2e-3
     config.optim.warmup = 100
+    # A cosine decay of the rate to 0 by n_iters: 93.4% of samples in the checkerboard's cells and NLL 3.07
+    # nats, where the constant rate gives 88.3% and 3.16 (README, "The main job, tuned").
+    config.optim.cosine_decay = True
     return config
