@@ -22,6 +22,7 @@ import numpy as np
 import optax
 
 from scoresde.sde import SDE
+from scoresde.validation import require
 
 Grid = tuple[float, ...]
 
@@ -81,26 +82,26 @@ def check_grid(grid: Sequence[float], num_steps: int, where: str) -> None:
     """
     t = np.asarray(grid, np.float64)
     ok_shape = t.ndim == 1 and t.shape[0] == num_steps + 1
-    _require(ok_shape, f"{where}: an explicit schedule needs num_steps + 1 = {num_steps + 1} times T .. eps; "
-                       f"got {t.shape[0] if t.ndim == 1 else t.shape} ({_show(t)}).")
+    require(ok_shape, f"{where}: an explicit schedule needs num_steps + 1 = {num_steps + 1} times T .. eps; "
+                      f"got {t.shape[0] if t.ndim == 1 else t.shape} ({_show(t)}).")
     bad = np.flatnonzero(~np.isfinite(t))
-    _require(bad.size == 0, f"{where}: schedule times must be finite; got {t[bad[0]] if bad.size else ''} at "
-                            f"index {bad[0] if bad.size else ''}.")
+    require(bad.size == 0, f"{where}: schedule times must be finite; got {t[bad[0]] if bad.size else ''} at "
+                           f"index {bad[0] if bad.size else ''}.")
     rising = np.flatnonzero(np.diff(t) >= 0)
-    _require(rising.size == 0, f"{where}: schedule times must be strictly decreasing from T to eps; got "
-                               f"{t[rising[0]] if rising.size else ''} followed by "
-                               f"{t[rising[0] + 1] if rising.size else ''} at index "
-                               f"{rising[0] + 1 if rising.size else ''}.")
-    _require(0.0 < t[-1] and t[0] <= 1.0, f"{where}: schedule times must lie in (0, T]; got {_show(t)}.")
+    require(rising.size == 0, f"{where}: schedule times must be strictly decreasing from T to eps; got "
+                              f"{t[rising[0]] if rising.size else ''} followed by "
+                              f"{t[rising[0] + 1] if rising.size else ''} at index "
+                              f"{rising[0] + 1 if rising.size else ''}.")
+    require(0.0 < t[-1] and t[0] <= 1.0, f"{where}: schedule times must lie in (0, T]; got {_show(t)}.")
 
 
 def check_ends(grid: np.ndarray, sde: SDE, eps: float | None) -> float:
     """The eps of a solve over an explicit grid: grid[-1]; raises ValueError unless grid[0] is the SDE's T and
     eps, where given, is grid[-1]."""
     start, end = float(grid[0]), float(grid[-1])
-    _require(start == sde.T, f"schedule must start at T = {sde.T} of the SDE; it starts at {start!r}.")
-    _require(eps is None or float(eps) == end,
-             f"eps={eps!r} but the sampler's schedule ends at {end!r}; pass eps=None or eps={end!r}.")
+    require(start == sde.T, f"schedule must start at T = {sde.T} of the SDE; it starts at {start!r}.")
+    require(eps is None or float(eps) == end,
+            f"eps={eps!r} but the sampler's schedule ends at {end!r}; pass eps=None or eps={end!r}.")
     sde.check_eps(end)
     return end
 
@@ -134,17 +135,17 @@ def from_edm_sigmas(sde: SDE, sigmas: Sequence[float], num_steps: int | None = N
     """
     s = np.asarray(sigmas, np.float64)
     s = s[:-1] if s.size and s[-1] == 0 else s
-    _require(s.ndim == 1 and s.size >= 2 and bool(np.all(np.isfinite(s))),
-             f"from_edm_sigmas: sigmas must be 2 or more finite noise levels; got {_show(s)}.")
-    _require(bool(np.all(np.diff(s) < 0)) and s[-1] > 0,
-             f"from_edm_sigmas: sigmas must be positive and strictly decreasing; got {_show(s)}.")
+    require(s.ndim == 1 and s.size >= 2 and bool(np.all(np.isfinite(s))),
+            f"from_edm_sigmas: sigmas must be 2 or more finite noise levels; got {_show(s)}.")
+    require(bool(np.all(np.diff(s) < 0)) and s[-1] > 0,
+            f"from_edm_sigmas: sigmas must be positive and strictly decreasing; got {_show(s)}.")
     top, bottom = (float(v) for v in sde.edm_sigma(np.array([sde.T, sde.T * 1e-12])))
-    _require(s[0] <= top * (1 + 1e-9) and s[-1] > bottom,
-             f"from_edm_sigmas: sigmas must lie in the noise levels of {type(sde).__name__}, "
-             f"({bottom:.4g}, {top:.6g}]; got {s[0]:.6g} .. {s[-1]:.4g}.")
+    require(s[0] <= top * (1 + 1e-9) and s[-1] > bottom,
+            f"from_edm_sigmas: sigmas must lie in the noise levels of {type(sde).__name__}, "
+            f"({bottom:.4g}, {top:.6g}]; got {s[0]:.6g} .. {s[-1]:.4g}.")
     num_steps = s.size - 1 if num_steps is None else num_steps
-    _require(isinstance(num_steps, int) and num_steps >= 1,
-             f"from_edm_sigmas: num_steps must be an integer >= 1; got {num_steps!r}.")
+    require(isinstance(num_steps, int) and num_steps >= 1,
+            f"from_edm_sigmas: num_steps must be an integer >= 1; got {num_steps!r}.")
     u = np.linspace(0.0, s.size - 1, num_steps + 1)
     t = sde.t_from_edm_sigma(np.exp(np.interp(u, np.arange(s.size), np.log(s))))
     t[0] = sde.T  # the table's first level is the prior's: start exactly at T
@@ -196,12 +197,12 @@ def fit(
     """
     if nfe is not None:
         sampler = sampler.with_nfe(nfe)
-    _require(x_T.ndim >= 2 and x_T.shape[0] >= 2,
-             f"fit: x_T must hold 2 or more starting points [P, ...]; got shape {tuple(x_T.shape)}.")
-    _require(target is None or tuple(target.shape) == tuple(x_T.shape),
-             f"fit: target must be shaped like x_T {tuple(x_T.shape)}; got {getattr(target, 'shape', None)}.")
-    _require(isinstance(num_iters, int) and num_iters >= 1,
-             f"fit: num_iters must be an integer >= 1; got {num_iters!r}.")
+    require(x_T.ndim >= 2 and x_T.shape[0] >= 2,
+            f"fit: x_T must hold 2 or more starting points [P, ...]; got shape {tuple(x_T.shape)}.")
+    require(target is None or tuple(target.shape) == tuple(x_T.shape),
+            f"fit: target must be shaped like x_T {tuple(x_T.shape)}; got {getattr(target, 'shape', None)}.")
+    require(isinstance(num_iters, int) and num_iters >= 1,
+            f"fit: num_iters must be an integer >= 1; got {num_iters!r}.")
     eps = sampler.end_time(sde, eps)
     if target is None:
         teacher = logsnr(sde, teacher_steps, eps)
@@ -255,11 +256,6 @@ def _grid_from_shares(sde: SDE, ends: np.ndarray, eps: float, theta: jax.Array) 
 def _show(t: np.ndarray, most: int = 6) -> str:
     values = ", ".join(f"{v:.6g}" for v in np.ravel(t)[:most])
     return f"[{values}{', ...' if np.size(t) > most else ''}]"
-
-
-def _require(condition: bool, message: str) -> None:
-    if not condition:
-        raise ValueError(message)
 
 
 __all__ = ["SCHEDULE_NAMES", "build_schedule", "check_grid", "fit", "from_edm_sigmas", "karras", "logsnr",

@@ -30,6 +30,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import struct
 
+from scoresde.validation import require
+
 Array = jax.Array
 ScoreFn = Callable[[Array, Array], Array]
 
@@ -42,11 +44,6 @@ def batch_broadcast(v: Array, x: Array) -> Array:
 def array_namespace(*arrays):
     """numpy if every argument is a numpy array or scalar (host computation in float64), else jax.numpy."""
     return np if all(isinstance(a, (np.ndarray, np.generic)) for a in arrays) else jnp
-
-
-def _require(condition: bool, message: str) -> None:
-    if not condition:
-        raise ValueError(message)
 
 
 class SDE(abc.ABC):
@@ -142,7 +139,7 @@ class SDE(abc.ABC):
         return self.denoise(score_fn(x, t), x, t)
 
     def check_eps(self, eps: float) -> None:
-        _require(0.0 < eps < self.T, f"eps must lie in (0, T) = (0, {self.T}); got eps={eps!r}.")
+        require(0.0 < eps < self.T, f"eps must lie in (0, T) = (0, {self.T}); got eps={eps!r}.")
 
 
 def _gaussian_prior_logp(z: Array, std: float) -> Array:
@@ -160,7 +157,7 @@ class _BetaLinear(SDE):
     beta_max: float = struct.field(pytree_node=False, default=20.0)
 
     def __post_init__(self):
-        _require(
+        require(
             0.0 <= self.beta_min < self.beta_max,
             f"need 0 <= beta_min < beta_max; got beta_min={self.beta_min!r}, beta_max={self.beta_max!r}.",
         )
@@ -245,7 +242,7 @@ class VESDE(SDE):
     default_eps = 1e-5
 
     def __post_init__(self):
-        _require(
+        require(
             0.0 < self.sigma_min < self.sigma_max,
             "need 0 < sigma_min < sigma_max; "
             f"got sigma_min={self.sigma_min!r}, sigma_max={self.sigma_max!r}.",
@@ -280,5 +277,5 @@ class VESDE(SDE):
 def build_sde(name: str, **kwargs) -> SDE:
     """Constructs an SDE by name: "vpsde", "subvpsde" or "vesde" (the reference's `training.sde` values)."""
     sdes = {"vpsde": VPSDE, "subvpsde": SubVPSDE, "vesde": VESDE}
-    _require(name.lower() in sdes, f"unknown SDE {name!r}; valid names: {sorted(sdes)}.")
+    require(name.lower() in sdes, f"unknown SDE {name!r}; valid names: {sorted(sdes)}.")
     return sdes[name.lower()](**kwargs)

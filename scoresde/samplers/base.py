@@ -14,6 +14,7 @@ from jax import lax
 
 from scoresde import schedules
 from scoresde.sde import SDE, ScoreFn
+from scoresde.validation import require
 
 Array = jax.Array
 
@@ -56,12 +57,6 @@ class Sampler(abc.ABC):
         if isinstance(eps, (int, float)):
             sde.check_eps(eps)
         return eps
-
-
-def require(condition: bool, message: str) -> None:
-    """Raises ValueError(message) unless condition holds: settings are checked at construction."""
-    if not condition:
-        raise ValueError(message)
 
 
 def as_int(value: Any) -> Any:
