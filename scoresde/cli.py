@@ -119,6 +119,8 @@ flags.DEFINE_list("models", None, "bench overhead: networks, mlp and/or ncsnpp."
 flags.DEFINE_bool("quick", False, "bench: a small grid that finishes in under a minute on two CPU cores.")
 flags.DEFINE_bool("fit", False, "bench samplers: also run each fixed-step sampler on a grid fitted to the "
                   "score (sd.schedules.fit) from other paths, at NFEs up to 20, and report the fit's time.")
+flags.DEFINE_list("grids", None, "bench samplers: named grids every fixed-step sampler also runs on, e.g. "
+                  "uniform,quadratic,karras,logsnr.")
 flags.DEFINE_bool("distributed", False, "Call jax.distributed.initialize() first (multi-host runs).")
 flags.DEFINE_bool("verbose", False, "Show tracebacks of errors.")
 FLAGS = flags.FLAGS
@@ -338,7 +340,8 @@ def bench_verb(what: str = "") -> None:
 
     Flags given on the command line override the benchmark's settings.
     """
-    names = ("problem", "sdes", "samplers", "nfes", "models", "num_samples", "seed", "workdir", "fit")
+    names = ("problem", "sdes", "samplers", "nfes", "models", "num_samples", "seed", "workdir", "fit",
+             "grids")
     overrides = {name: getattr(FLAGS, name) for name in names if FLAGS[name].present}
     bench_command.run(what, overrides, quick=FLAGS.quick, outdir=_given("outdir", None),
                       progress=FLAGS.progress)

@@ -189,7 +189,7 @@ def trained_workdir(tmp_path_factory):
 @pytest.mark.slow
 def test_trained_model_leaderboard(trained_workdir, tmp_path):
     overrides = {"workdir": str(trained_workdir), "samplers": ["heun", "pc"], "nfes": ["8", "16", "64"],
-                 "num_samples": 64, "likelihood_samples": 16}
+                 "num_samples": 64, "likelihood_samples": 16, "fit": True, "fit_paths": 32, "fit_max_nfe": 8}
     payload = command.run("samplers", overrides, quick=True, outdir=str(tmp_path), progress=False)
     case = payload["cases"]["vpsde"]
     # Floors: the held-out figures of `scoresde eval` (same key split), computed once.
@@ -207,6 +207,10 @@ def test_trained_model_leaderboard(trained_workdir, tmp_path):
     # Heun converges to the tight RK45 solve of the same learnt ODE from the same x_T.
     errors = [records["heun", n]["figures"]["pathwise"] for n in (8, 16, 64)]
     assert errors[0] > errors[1] > errors[2] > 0, errors
+    # A grid fitted to other paths of the learnt score beats Heun's named grid on the benchmark's own.
+    fitted = records["heun (fitted)", 8]
+    assert fitted["fit_s"] > 0 and fitted["figures"]["pathwise_fit"] > 0
+    assert fitted["figures"]["pathwise"] < errors[0] and ("heun (fitted)", 16) not in records
     for record in payload["records"]:
         figures = record["figures"]
         assert (figures["pathwise"] is None) == (record["sampler"] == "pc")
@@ -292,16 +296,20 @@ def test_quick_cli_writes_a_reproducible_report(tmp_path):
 
 def test_fitted_grids_are_judged_on_other_paths(tmp_path):
     """`bench samplers --fit`: each deterministic sampler also runs on a grid fitted to other paths, which
-    beats its named grid on the benchmark's paths; stochastic samplers fit nothing; the report leads with the
-    few-step frontier."""
+    beats its named grid on the benchmark's paths, fitted once per spec whatever other named grids it also
+    runs on; stochastic samplers fit nothing; the report leads with the few-step frontier."""
     overrides = {"sdes": ["vpsde"], "samplers": ["unipc", "pc"], "nfes": ["5"], "num_samples": 256,
-                 "fit": True, "fit_paths": 128, "floor_repeats": 1, "repeats": 1}
+                 "fit": True, "fit_paths": 128, "floor_repeats": 1, "repeats": 1, "grids": ["quadratic"]}
     payload = command.run("samplers", overrides, outdir=str(tmp_path), progress=False)
     records = {r["sampler"]: r for r in payload["records"]}
-    assert sorted(records) == ["pc", "unipc", "unipc (fitted)"]
+    assert sorted(records) == ["pc", "pc:schedule=quadratic", "unipc", "unipc (fitted)",
+                               "unipc:schedule=quadratic"]
+    assert records["unipc:schedule=quadratic"]["settings"] == repr(UniPC(num_steps=5, schedule="quadratic"))
     fitted, named = records["unipc (fitted)"], records["unipc"]
     assert fitted["nfe"] == named["nfe"] == 5 and fitted["fit_s"] > 0 and named["fit_s"] is None
     assert fitted["figures"]["pathwise"] < named["figures"]["pathwise"]
     assert fitted["figures"]["pathwise_fit"] > 0 and "pathwise_fit" not in named["figures"]
     text = (tmp_path / "results.md").read_text()
     assert text.startswith("### Few-step frontier\n") and "| vpsde | 5 | unipc (fitted) " in text
+    judged, on_fit = fitted["figures"]["pathwise"], fitted["figures"]["pathwise_fit"]
+    assert f"| unipc (fitted) | {judged:.3g} ({on_fit:.3g}) |" in text

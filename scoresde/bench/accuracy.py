@@ -58,6 +58,15 @@ def reference_solve(
     return x_ref, report
 
 
+def fitting_paths(sde: SDE, score_fn: ScoreFn, key: Array, x_init: Array, num_paths: int, *,
+                  tol: float = REFERENCE_TOL) -> tuple[Array, Array]:
+    """num_paths prior draws independent of x_init: [P, ...] (in its dtype) and their reference end points,
+    for fitting grids on other paths than a benchmark judges them on."""
+    fit_init = sde.prior_sampling(jax.random.fold_in(key, 1), (num_paths,) + x_init.shape[1:])
+    fit_init = fit_init.astype(x_init.dtype)
+    return fit_init, reference_solve(sde, score_fn, key, fit_init, tol=tol)[0]
+
+
 def pathwise_error(x: Array, x_ref: Array) -> float:
     """RMS over paths of the Euclidean distance |x - x_ref|; x, x_ref: [B, ...]. Computed in float64."""
     diff = np.asarray(x, np.float64) - np.asarray(x_ref, np.float64)

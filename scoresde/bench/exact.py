@@ -10,11 +10,11 @@ import dataclasses
 
 import jax
 
-from scoresde import samplers
+from scoresde import samplers, schedules
 from scoresde import sde as sde_lib
 from scoresde import toy
 from scoresde.bench.accuracy import (REFERENCE_TOL, distribution_errors, distribution_floors, exact_draws,
-                                     pathwise_error, reference_solve)
+                                     fitting_paths, pathwise_error, reference_solve)
 from scoresde.bench.grid import Case, GridResults, as_figure, check_nfes, run_grid
 from scoresde.samplers.base import require
 from scoresde.sde import SDE
@@ -71,9 +71,7 @@ def exact_case(
 
     fit_init = fit_target = None
     if fit_paths:
-        fit_init = sde.prior_sampling(jax.random.fold_in(key, 1), (fit_paths,) + x_init.shape[1:])
-        fit_init = fit_init.astype(x_init.dtype)
-        fit_target, _ = reference_solve(sde, score_fn, key, fit_init, tol=reference_tol)
+        fit_init, fit_target = fitting_paths(sde, score_fn, key, x_init, fit_paths, tol=reference_tol)
         summary["fit_paths"] = fit_paths
     return Case(sde=sde, score_fn=score_fn, x_init=x_init, evaluate=evaluate, summary=summary,
                 fit_init=fit_init, fit_target=fit_target)
@@ -99,6 +97,8 @@ class ExactBench:
       seed: seeds every draw; the same seed reproduces every accuracy figure exactly.
       fit: also run every fixed-step sampler on a grid fitted (`schedules.fit`) to each SDE's score from
         `fit_paths` other prior draws, at each of `nfes` up to `fit_max_nfe`, scored on the benchmark's paths.
+      grids: named grids (`schedules.SCHEDULE_NAMES`) every fixed-step sampler also runs on, labelled
+        "<spec>:schedule=<name>" (its own grid is the row of its spec); fitted grids are fitted once per spec.
     """
 
     problem: str = "mixture_2d"
@@ -112,9 +112,12 @@ class ExactBench:
     fit: bool = False
     fit_paths: int = 1000
     fit_max_nfe: int = 20
+    grids: tuple[str, ...] = ()
 
     def __post_init__(self):
         require(bool(self.sdes and self.samplers), "need at least one SDE and one sampler.")
+        unknown = sorted(set(self.grids) - set(schedules.SCHEDULE_NAMES))
+        require(not unknown, f"unknown grid(s) {unknown}; valid names: {list(schedules.SCHEDULE_NAMES)}.")
         require(self.fit_paths >= 2, f"fit_paths must be >= 2; got {self.fit_paths}.")
         check_nfes(self.nfes)
         require(self.num_samples >= 2, f"num_samples must be >= 2; got {self.num_samples}.")
@@ -124,6 +127,17 @@ class ExactBench:
 # Under a minute on two CPU cores, compile time included (measured: README, "Sampler benchmarks").
 QUICK = ExactBench(sdes=("vpsde",), samplers=("euler", "heun", "dpm_solver_pp", "pc"), nfes=(10, 50),
                    num_samples=1000, floor_repeats=4, repeats=1)
+
+
+def on_grids(by_spec: dict[str, samplers.Sampler], grids: tuple[str, ...]) -> dict[str, samplers.Sampler]:
+    """Each spec's sampler, then for a fixed-step one the same on each named grid other than its own."""
+    out = {}
+    for spec, sampler in by_spec.items():
+        out[spec] = sampler
+        if isinstance(sampler, samplers.FixedStepSampler):
+            out.update({f"{spec}:schedule={grid}": dataclasses.replace(sampler, schedule=grid)
+                        for grid in grids if grid != sampler.schedule})
+    return out
 
 
 def bench_exact(settings: ExactBench, *, progress: bool = True) -> GridResults:
@@ -140,5 +154,6 @@ def bench_exact(settings: ExactBench, *, progress: bool = True) -> GridResults:
         for name, sde in sdes.items()
     }
     fit_nfes = [n for n in settings.nfes if settings.fit and n <= settings.fit_max_nfe]
-    return run_grid(cases, by_spec, settings.nfes, key=k_samplers, repeats=settings.repeats,
-                    progress=progress, fit_nfes=fit_nfes)
+    return run_grid(cases, on_grids(by_spec, settings.grids), settings.nfes, key=k_samplers,
+                    repeats=settings.repeats, progress=progress, fit_nfes=fit_nfes,
+                    fit_samplers=tuple(by_spec))

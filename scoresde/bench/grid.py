@@ -11,7 +11,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import time
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Callable, Collection, Mapping, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -133,6 +133,7 @@ def run_grid(
     repeats: int = 3,
     progress: bool = True,
     fit_nfes: Sequence[int] = (),
+    fit_samplers: Collection[str] | None = None,
 ) -> GridResults:
     """Runs every case x sampler x target NFE.
 
@@ -146,13 +147,15 @@ def run_grid(
       fit_nfes: at these of the target NFEs, also run every deterministic fixed-step sampler on a grid
         fitted to each case (cases must carry fitting paths), labelled "<sampler> (fitted)", with the fit's
         time and its error on the fitting paths ("pathwise_fit").
+      fit_samplers: the labels of `samplers` that are fitted (default all of them).
 
     Raises:
       ValueError: before any work, if a target NFE is below a sampler's minimum (or it cannot be set).
     """
     configured = {(name, n): sampler.with_nfe(n) for name, sampler in samplers.items() for n in nfes}
     fitting = {cell for cell, sampler in configured.items()
-               if cell[1] in fit_nfes and isinstance(sampler, samplers_lib.FixedStepSampler)}
+               if cell[1] in fit_nfes and isinstance(sampler, samplers_lib.FixedStepSampler)
+               and (fit_samplers is None or cell[0] in fit_samplers)}
     summaries, records = {}, []
     with tqdm(total=len(cases) * (len(configured) + len(fitting)), desc="bench", unit="run",
               disable=not progress) as bar:

@@ -81,16 +81,29 @@ def _case_heading(label: str, summary: Mapping[str, Any]) -> list[str]:
     return lines + [""]
 
 
+def _cell(record: Mapping[str, Any] | None, figure: str) -> str:
+    """A figure of a record; on a fitted grid with the same figure on its fitting paths beside it."""
+    if record is None:
+        return _number(None)
+    text = _number(record["figures"].get(figure))
+    beside = record["figures"].get(figure + "_fit")
+    return text if beside is None else f"{text} ({_number(beside)})"
+
+
 def pivot(payload: Payload, case: str, figure: str) -> str:
-    """One figure of one case: a row per sampler, a column per target NFE (at most that many are used)."""
+    """One figure of one case: a row per sampler, a column per target NFE (at most that many are used); on
+    fitted grids the figure on the fitting paths is in brackets."""
     records = [r for r in payload["records"] if r["case"] == case]
     nfes = sorted({r["nfe_target"] for r in records})
-    values = {(r["sampler"], r["nfe_target"]): r["figures"].get(figure) for r in records}
+    values = {(r["sampler"], r["nfe_target"]): r for r in records}
     floor = payload["cases"][case].get("floors", {}).get(figure)
     title = FIGURE_TITLES.get(figure, figure) + ("" if floor is None else f" (floor {_number(floor)})")
+    if any(figure + "_fit" in r["figures"] for r in records):
+        title += " (fitted: on fitting paths)"
     lines = [f"| {title} | " + " | ".join(f"NFE {n}" for n in nfes) + " |", "|---|" + "---:|" * len(nfes)]
     for sampler in dict.fromkeys(r["sampler"] for r in records if r["figures"].get(figure) is not None):
-        lines.append(f"| {sampler} | " + " | ".join(_number(values.get((sampler, n))) for n in nfes) + " |")
+        cells = [_cell(values.get((sampler, n)), figure) for n in nfes]
+        lines.append(f"| {sampler} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 

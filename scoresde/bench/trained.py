@@ -20,7 +20,7 @@ import jax
 import numpy as np
 
 from scoresde import evaluation, experiment as experiment_lib, samplers
-from scoresde.bench.accuracy import pathwise_error, reference_solve
+from scoresde.bench.accuracy import fitting_paths, pathwise_error, reference_solve
 from scoresde.bench.exact import DEFAULT_SAMPLERS
 from scoresde.bench.grid import Case, GridResults, as_figure, check_nfes, run_grid
 from scoresde.samplers.base import require
@@ -43,6 +43,9 @@ class TrainedBench:
         (337 NFE) 3.5e-3; pathwise figures near these values measure the reference, not the sampler.
       repeats: timed calls per cell after the compiling one.
       seed: seeds x_T, the samplers, the classifier and the likelihood probes.
+      fit, fit_paths, fit_max_nfe: as `ExactBench`'s: also run every deterministic fixed-step sampler on a
+        grid fitted to the learnt score from `fit_paths` other prior draws (their RK45 end points the target)
+        at each of `nfes` up to `fit_max_nfe`, scored on the benchmark's own paths.
     """
 
     workdir: str = ""
@@ -53,9 +56,13 @@ class TrainedBench:
     reference_tol: float = 1e-6
     repeats: int = 3
     seed: int = 0
+    fit: bool = False
+    fit_paths: int = 1000
+    fit_max_nfe: int = 20
 
     def __post_init__(self):
         require(bool(self.samplers), "need at least one sampler.")
+        require(self.fit_paths >= 2, f"fit_paths must be >= 2; got {self.fit_paths}.")
         check_nfes(self.nfes)
         require(self.num_samples >= 2, f"num_samples must be >= 2; got {self.num_samples}.")
         require(0 <= self.likelihood_samples <= self.num_samples,
@@ -122,7 +129,13 @@ def trained_case(experiment: experiment_lib.Experiment, params, settings: Traine
         "model": model,
     }
     summary["reference"]["figures"] = {name: as_figure(v) for name, v in evaluate(x_ref, True).items()}
-    return Case(sde=objective.sde, score_fn=score_fn, x_init=x_init, evaluate=evaluate, summary=summary)
+    fit_init = fit_target = None
+    if settings.fit:
+        fit_init, fit_target = fitting_paths(objective.sde, score_fn, k_init, x_init, settings.fit_paths,
+                                             tol=settings.reference_tol)
+        summary["fit_paths"] = settings.fit_paths
+    return Case(sde=objective.sde, score_fn=score_fn, x_init=x_init, evaluate=evaluate, summary=summary,
+                fit_init=fit_init, fit_target=fit_target)
 
 
 def bench_trained(settings: TrainedBench, *, progress: bool = True) -> GridResults:
@@ -133,5 +146,6 @@ def bench_trained(settings: TrainedBench, *, progress: bool = True) -> GridResul
     label = experiment.config.training.sde
     case = lambda: trained_case(experiment, state.ema_params, settings)
     key = jax.random.fold_in(jax.random.PRNGKey(settings.seed), 1)
+    fit_nfes = [n for n in settings.nfes if settings.fit and n <= settings.fit_max_nfe]
     return run_grid({label: case}, by_spec, settings.nfes, key=key, repeats=settings.repeats,
-                    progress=progress)
+                    progress=progress, fit_nfes=fit_nfes)
