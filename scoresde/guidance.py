@@ -129,8 +129,8 @@ def _check_sampler(sampler: Any, method: Any) -> None:
     )
     require(
         "constraint" in inspect.signature(sampler.solve_grid).parameters,
-        f"sampler: {type(sampler).__name__} does not take a per-step constraint yet; use PC, Euler, Heun, "
-        "DDIM, DPMSolverPP or UniPC.",
+        f"sampler: {type(sampler).__name__}.solve_grid takes no constraint argument; every sampler of "
+        "scoresde.samplers but RK45 does (see samplers.base.scan_grid).",
     )
     require(
         isinstance(method, Replacement),
@@ -146,9 +146,9 @@ def constrained_sample(
     """Samples x: obs.values.shape under the observation; the known part comes back exactly (in the basis).
 
     nfe counts score calls on the sampler's batch (SMCDiff's is `num_particles` times larger, and it adds one
-    call per step for its weights); RePaint's takes count each step again, exactly for samplers whose every
-    step runs in the scan (PC, Euler, DDIM): Heun's last step and the multistep solvers' first evaluation run
-    outside it, once, and are counted `resamplings` times. PiGDM's vector-Jacobian products are not counted.
+    call per constrained step for its weights); RePaint's takes repeat the evaluations of the constrained
+    steps (`FixedStepSampler.constrained_cost`: Heun's and Restart's last step and the multistep solvers'
+    first evaluation run once, outside the constraint). PiGDM's vector-Jacobian products are not counted.
     """
     _check_sampler(sampler, method)
     k_hook, k_sample = jax.random.split(key)

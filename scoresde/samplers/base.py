@@ -109,6 +109,15 @@ class FixedStepSampler(Sampler):
         """Score evaluations one solve makes: one per step, unless a sampler overrides this."""
         return self.num_steps
 
+    def constrained_cost(self) -> tuple[int, int]:
+        """(steps of a solve that run through a constraint, score evaluations made inside them).
+
+        What a constraint that weights every step (`constraints.SMCDiff`) or takes it again
+        (`constraints.RePaint`) pays for once more. All steps and all evaluations, unless a sampler runs some
+        of them outside `scan_grid` (Heun's last step, the multistep solvers' first evaluation).
+        """
+        return self.num_steps, self.nfe()
+
     def with_nfe(self, nfe: int) -> "FixedStepSampler":
         """The same sampler with the most steps whose solve makes at most `nfe` score evaluations; a sampler
         on an explicit grid keeps it.
@@ -183,14 +192,24 @@ def with_state(carry: Any, x: Array) -> Any:
     return (x,) + tuple(carry[1:]) if isinstance(carry, tuple) else x
 
 
+def select(carry: Any, index: Array) -> Any:
+    """The carry of the examples `index`: [B'] (a particle filter's resampling): every leaf shaped like the
+    state x: [B, ...] is indexed on its batch axis 0, a stacked history [K, B, ...] on axis 1."""
+    ndim = state(carry).ndim
+    return jax.tree.map(lambda a: a[index] if a.ndim == ndim else a[:, index], carry)
+
+
 def scan_grid(step: StepFn, carry: Any, ts: Array, constraint: Constraint | None = None) -> Any:
     """Runs carry = step(carry, i, t_i, t_{i+1}) for i = 0 .. N-1 over the grid ts: [N + 1], in one
     lax.scan.
 
     The times are cast once to the dtype of the carry's first leaf (the state x), so a float64 host grid never
-    changes the carry's dtype. A carry is the sample x itself, or a tuple whose first element is x (`state`).
-    With a `constraint`, each step runs through it instead: carry = constraint(i, advance, x, t_i, t_{i+1}),
-    where advance(x') is step i from the carry with its sample replaced by x'.
+    changes the carry's dtype. A carry is the sample x: [B, ...] itself, or a tuple whose first element is x
+    (`state`) and whose other leaves are shaped like x or are histories [K, B, ...] of earlier evaluations
+    (`select`). With a `constraint`, each step runs through it instead:
+    carry = constraint(i, advance, x, t_i, t_{i+1}), where advance(x') is step i from the carry with its
+    sample replaced by x' (the history it extrapolates from is the carry's, made at the states the constraint
+    left after the earlier steps).
     """
     ts = jnp.asarray(ts, jax.tree.leaves(carry)[0].dtype)
 

@@ -33,7 +33,9 @@ import jax
 import jax.numpy as jnp
 from jax import lax
 
-from scoresde.samplers.base import Constraint, FixedStepSampler, per_example, require, state, with_state
+from scoresde.samplers.base import (
+    Constraint, FixedStepSampler, per_example, require, select, state, with_state,
+)
 from scoresde.sde import SDE, ScoreFn, batch_broadcast
 
 Array = jax.Array
@@ -102,8 +104,9 @@ class Replacement:
         return 1
 
     def nfe(self, nfe: Array, sampler: FixedStepSampler) -> Array:
-        """Evaluations made, from those `sample` counted with one take of each step."""
-        return nfe + (self.takes - 1) * sampler.nfe()
+        """Evaluations made, from those `sample` counted with one take of each step: every further take
+        repeats the evaluations of the steps that run through the constraint."""
+        return nfe + (self.takes - 1) * sampler.constrained_cost()[1]
 
     def constraint(self, key: Array, sde: SDE, score_fn: ScoreFn, obs: Observation) -> Constraint:
         """The per-step hook: take the step, replace, and for RePaint carry back to t and take it again."""
@@ -190,7 +193,7 @@ class SMCDiff(Replacement):
     N(bridge mean with x0 = E[x_0 | x_t], bridge variance) makes that path's next value y_s. As the particles
     grow this samples p(x | y) for an exact score; the sampler's steps must be stochastic (PC), or copies of
     a particle never part again.
-    Costs `particles` times the batch and one more evaluation per step (the weights).
+    Costs `particles` times the batch and one more evaluation per constrained step (the weights).
     """
 
     num_particles: int = 32
@@ -203,7 +206,7 @@ class SMCDiff(Replacement):
         return self.num_particles
 
     def nfe(self, nfe: Array, sampler: FixedStepSampler) -> Array:
-        return nfe + sampler.num_steps
+        return nfe + sampler.constrained_cost()[0]
 
     def constraint(self, key: Array, sde: SDE, score_fn: ScoreFn, obs: Observation) -> Constraint:
         p = self.num_particles
@@ -229,8 +232,8 @@ class SMCDiff(Replacement):
             log_w = log_w.reshape(-1, p)
             parents = jax.random.categorical(k_pick, log_w, shape=(p, log_w.shape[0])).T
             index = (parents + p * jnp.arange(log_w.shape[0])[:, None]).reshape(-1)
-            carry = advance(x)
-            return with_state(carry, obs.write(state(carry)[index], y_s))
+            carry = select(advance(x), index)  # a multistep sampler's history goes with its particle
+            return with_state(carry, obs.write(state(carry), y_s))
 
         return hook
 

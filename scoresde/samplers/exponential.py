@@ -232,6 +232,10 @@ class _Multistep(FixedStepSampler):
     def min_steps(self) -> int:
         return self.order
 
+    def constrained_cost(self) -> tuple[int, int]:
+        # The first evaluation and the last prediction run outside the scan, outside the constraint.
+        return self.num_steps - 1, self.num_steps - 1
+
     def solve_grid(self, key, sde, score_fn, x, ts, axis_name=None, constraint=None):
         return multistep(sde, score_fn, x, ts, self.order, self.CORRECTOR, constraint)
 

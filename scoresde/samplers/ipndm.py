@@ -35,7 +35,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from scoresde.samplers.base import FixedStepSampler, require, scan_grid
+from scoresde.samplers.base import Constraint, FixedStepSampler, require, scan_grid
 from scoresde.samplers.ode import edm_derivative
 from scoresde.sde import SDE, ScoreFn, array_namespace
 
@@ -91,22 +91,24 @@ def gauss_legendre(lo: Array, hi: Array, num_points: int) -> tuple[Array, Array]
     return mid + half * xi, half * w
 
 
-def adams_bashforth(sde: SDE, score_fn: ScoreFn, x: Array, ts: Array, weights: Array) -> Array:
+def adams_bashforth(sde: SDE, score_fn: ScoreFn, x: Array, ts: Array, weights: Array,
+                    constraint: Constraint | None = None) -> Array:
     """x~_{i+1} = x~_i + sum_j W_ij d_{i-j} over the grid ts: [N + 1]; weights: [N, K]; x: [B, ...] at ts[0].
 
-    One evaluation of d = (x~ - D(x~; rho)) / rho per step, the last K of them kept in the scan's carry; the
-    loop computes in x's dtype. Returns x at ts[-1].
+    One evaluation of d = (x~ - D(x~; rho)) / rho per step, at the start of the step, the last K of them kept
+    in the scan's carry; the carry holds x itself, so that a `constraint` (`scan_grid`) acts on x at t_i and
+    the step's evaluation sees what it wrote. The loop computes in x's dtype. Returns x at ts[-1].
     """
     weights, ts = jnp.asarray(weights, x.dtype), jnp.asarray(ts, x.dtype)
 
     def step(carry, i, t, s):
         x, history = carry
-        history = jnp.concatenate([edm_derivative(sde, score_fn, x, t)[None], history[:-1]])
-        return x + jnp.tensordot(weights[i], history, axes=1), history
+        x_scaled = x / sde.alpha(t)
+        history = jnp.concatenate([edm_derivative(sde, score_fn, x_scaled, t)[None], history[:-1]])
+        return sde.alpha(s) * (x_scaled + jnp.tensordot(weights[i], history, axes=1)), history
 
-    carry = (x / sde.alpha(ts[0]), jnp.zeros((weights.shape[1],) + x.shape, x.dtype))
-    x_scaled, _ = scan_grid(step, carry, ts)
-    return sde.alpha(ts[-1]) * x_scaled
+    carry = (x, jnp.zeros((weights.shape[1],) + x.shape, x.dtype))
+    return scan_grid(step, carry, ts, constraint)[0]
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)
@@ -127,8 +129,8 @@ class AdamsBashforth(FixedStepSampler):
     def weights(self, sde: SDE, ts: Array) -> Array:
         """W: [N, order] of the grid ts: [N + 1] (module docstring)."""
 
-    def solve_grid(self, key, sde, score_fn, x, ts, axis_name=None):
-        return adams_bashforth(sde, score_fn, x, ts, self.weights(sde, ts))
+    def solve_grid(self, key, sde, score_fn, x, ts, axis_name=None, constraint=None):
+        return adams_bashforth(sde, score_fn, x, ts, self.weights(sde, ts), constraint)
 
 
 @dataclasses.dataclass(frozen=True, kw_only=True)

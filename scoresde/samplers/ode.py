@@ -103,6 +103,10 @@ class Heun(FixedStepSampler):
     def nfe(self) -> int:
         return 2 * self.num_steps - 1
 
+    def constrained_cost(self) -> tuple[int, int]:
+        # The last (Euler) step runs after the scan, outside the constraint.
+        return self.num_steps - 1, 2 * (self.num_steps - 1)
+
     def solve_grid(self, key, sde, score_fn, x, ts, axis_name=None, constraint=None):
         num_steps = ts.shape[0] - 1
         gamma_max = min(self.s_churn / num_steps, math.sqrt(2.0) - 1.0)

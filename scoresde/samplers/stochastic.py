@@ -87,7 +87,7 @@ class DPMSolverPPSDE(FixedStepSampler):
     def min_steps(self) -> int:
         return self.order
 
-    def solve_grid(self, key, sde, score_fn, x, ts, axis_name=None):
+    def solve_grid(self, key, sde, score_fn, x, ts, axis_name=None, constraint=None):
         coefficients = sde_multistep_coefficients(sde, ts, self.order)
         c = {name: jnp.asarray(v, x.dtype) for name, v in coefficients.items()}
 
@@ -98,7 +98,7 @@ class DPMSolverPPSDE(FixedStepSampler):
             x = c["ratio"][i] * x + jnp.tensordot(c["predict"][i], x0s, axes=1) + c["noise"][i] * noise
             return x, x0s
 
-        return scan_grid(step, (x, jnp.zeros((self.order,) + x.shape, x.dtype)), ts)[0]
+        return scan_grid(step, (x, jnp.zeros((self.order,) + x.shape, x.dtype)), ts, constraint)[0]
 
 
 def karras_noise_levels(rho_max: Array, rho_min: Array, num_steps: int, power: float = 7.0) -> Array:
@@ -155,7 +155,11 @@ class Restart(FixedStepSampler):
         restart_steps = max(1, round(self.restart_steps * num_steps / self.num_steps))
         return dataclasses.replace(self, num_steps=num_steps, restart_steps=restart_steps)
 
-    def solve_grid(self, key, sde, score_fn, x, ts, axis_name=None):
+    def constrained_cost(self) -> tuple[int, int]:
+        # The last (Euler) step runs after the scan, outside the constraint; the restarts run inside it.
+        return self.num_steps - 1, self.nfe() - 1
+
+    def solve_grid(self, key, sde, score_fn, x, ts, axis_name=None, constraint=None):
         xp = array_namespace(ts)
         rho = sde.edm_sigma(ts)
         # The restart follows main step `at`, whose end point ts[at + 1] is interior.
@@ -172,10 +176,12 @@ class Restart(FixedStepSampler):
             return scan_grid(heun, x + raise_by * noise, sub_grid)
 
         def step(x, i, t, s):
-            x = heun(x, i, t, s)
-            return lax.cond(i == at, lambda x: lax.fori_loop(0, self.restarts, restart, x), lambda x: x, x)
+            """x at t -> x at s (a `constraint` acts on x); the steps run in x~ = x / alpha."""
+            x = heun(x / sde.alpha(t), i, t, s)
+            x = lax.cond(i == at, lambda x: lax.fori_loop(0, self.restarts, restart, x), lambda x: x, x)
+            return sde.alpha(s) * x
 
         ts = jnp.asarray(ts, x.dtype)
-        x = scan_grid(step, x / sde.alpha(ts[0]), ts[:-1])
+        x = scan_grid(step, x, ts[:-1], constraint) / sde.alpha(ts[-2])
         x = heun_step(sde, score_fn, x, ts[-2], ts[-1], correct=False)
         return sde.alpha(ts[-1]) * x
