@@ -260,6 +260,9 @@ def test_overhead_of_a_sampler_loop():
     assert (row["model"], row["sampler"], row["nfe"]) == ("mlp", "euler", 4)
     assert row["overhead"] == pytest.approx(row["run_ms"] / (4 * row["score_ms"]))
     assert 0.2 < row["overhead"] < 20.0
+    # The same loop with the free score -x: what the sampler costs beyond the network.
+    assert row["loop_share"] == pytest.approx(row["loop_ms"] / (4 * row["score_ms"]))
+    assert 0 < row["loop_ms"] < row["run_ms"]
 
 
 def scoresde(*args, cwd):

@@ -6,6 +6,11 @@ overhead = (median wall time of one jitted solve) / (NFE x median wall time of o
 function, which a solve pays once, so for cheap networks the ratio can fall slightly below 1.
 
 The networks are untrained (initialised from the seed): their cost does not depend on their weights.
+
+On a loaded machine the two medians move with the load, by more than the loop costs. So each sampler also
+runs with a free score, score(x, t) = -x (the prior's score: the same loop, no network): its time per
+evaluation over one score call is the loop's own share, loop share = (free solve) / (NFE x score call), so
+that overhead ~ 1 + loop share when both are measured on an idle machine.
 """
 
 from __future__ import annotations
@@ -47,7 +52,8 @@ class OverheadBench:
     """
 
     models: tuple[str, ...] = tuple(MODELS)
-    samplers: tuple[str, ...] = ("euler", "heun", "ddim", "dpm_solver_pp", "unipc", "pc")
+    samplers: tuple[str, ...] = ("euler", "heun", "ddim", "dpm_solver_pp", "unipc", "ipndm", "deis", "pc",
+                                 "dpm_solver_pp_sde", "restart")
     nfes: tuple[int, ...] = (50,)
     repeats: int = 5
     seed: int = 0
@@ -75,26 +81,41 @@ def network_case(label: str, key: jax.Array, repeats: int) -> Case:
     return Case(sde=sde, score_fn=score_fn, x_init=x, evaluate=lambda x, deterministic: {}, summary=summary)
 
 
+FREE = " (free score)"  # the label suffix of a model's case with the score -x
+
+
+def free_case(case: Case) -> Case:
+    """The case with its network replaced by the free score -x: what the loop costs without the network."""
+    return dataclasses.replace(case, score_fn=lambda x, t: -x)
+
+
 def bench_overhead(settings: OverheadBench, *, progress: bool = True) -> list[dict[str, Any]]:
-    """One row per model x sampler x NFE: times, the NFE used and the overhead ratio, from `run_grid`."""
+    """One row per model x sampler x NFE: times, the NFE used, the overhead ratio and the loop share, from
+    `run_grid`."""
     by_spec = {spec: samplers.build_sampler(spec) for spec in settings.samplers}
     key = jax.random.PRNGKey(settings.seed)
-    cases = {label: functools.partial(network_case, label, key, settings.repeats)
-             for label in settings.models}
+    cases = {}
+    for label in settings.models:
+        case = functools.lru_cache(functools.partial(network_case, label, key, settings.repeats))
+        cases.update({label: case, label + FREE: lambda case=case: free_case(case())})
     results = run_grid(cases, by_spec, settings.nfes, key=key, repeats=settings.repeats, progress=progress)
+    free = {(r.case.removesuffix(FREE), r.sampler, r.nfe_target): r for r in results.records
+            if r.case.endswith(FREE)}
     rows = []
-    for r in results.records:
-        score_s = results.cases[r.case]["score_s"]
+    for r in (r for r in results.records if not r.case.endswith(FREE)):
+        score_s, loop_s = results.cases[r.case]["score_s"], free[r.case, r.sampler, r.nfe_target].run_s
         rows.append(dict(model=r.case, shape=results.cases[r.case]["input"], sampler=r.sampler,
                          nfe_target=r.nfe_target, nfe=r.nfe, score_ms=1e3 * score_s, run_ms=1e3 * r.run_s,
-                         compile_s=r.compile_s, overhead=r.run_s / (r.nfe * score_s)))
+                         loop_ms=1e3 * loop_s, compile_s=r.compile_s, overhead=r.run_s / (r.nfe * score_s),
+                         loop_share=loop_s / (r.nfe * score_s)))
     return rows
 
 
 def markdown(rows: list[dict[str, Any]]) -> str:
-    lines = ["| model | input | sampler | NFE | score call (ms) | solve (ms) | overhead |",
-             "|---|---|---|---:|---:|---:|---:|"]
+    lines = ["| model | input | sampler | NFE | score call (ms) | solve (ms) | overhead "
+             "| free-score solve (ms) | loop share |", "|---|---|---|---:|---:|---:|---:|---:|---:|"]
     for r in rows:
         lines.append(f"| {r['model']} | {r['shape']} | {r['sampler']} | {r['nfe']} | {r['score_ms']:.3f} | "
-                     f"{r['run_ms']:.2f} | {r['overhead']:.2f} |")
+                     f"{r['run_ms']:.2f} | {r['overhead']:.2f} | {r['loop_ms']:.3f} "
+                     f"| {r['loop_share']:.4f} |")
     return "\n".join(lines)
