@@ -4,7 +4,7 @@ Sections and field names are the reference implementation's (yang-song/score_sde
 for CIFAR-10 where it has the field; `scoresde.config` documents each field and converts this ConfigDict into
 typed dataclasses. Fields not in the reference: training.importance_weighting, training.eps,
 training.keep_checkpoints, training.cond_dropout, training.objective, training.snapshot_sampler /
-snapshot_num_steps, optim.cosine_decay,
+snapshot_num_steps, training.skip_nonfinite, optim.cosine_decay,
 model.parametrization, model.num_classes, data.path / npz_key / label_key /
 test_fraction / num_train / num_test. The `model` section's keys other than name, ema_rate, parametrization,
 sigma_*, beta_*, num_scales and num_classes are options of the network `model.name` (here the MLP's).
@@ -38,6 +38,7 @@ def get_config() -> ml_collections.ConfigDict:
     training.objective = "score"
     training.snapshot_sampler = "dpm_solver_pp"
     training.snapshot_num_steps = config_dict.FieldReference(10, field_type=int)  # None: the sampler's own
+    training.skip_nonfinite = False  # True: skip (and count) steps with a NaN or Inf loss or gradient
 
     config.sampling = sampling = ml_collections.ConfigDict()
     sampling.method = "pc"

@@ -24,7 +24,11 @@ Verbs:
            a small grid.
 
 Bad input (unknown names or config keys, unreadable data, a batch that does not split over the devices, a
-workdir holding another run) gives one line on stderr and exit status 2; --verbose shows the traceback.
+workdir holding another run, a damaged checkpoint with no intact one beside it) gives one line on stderr and
+exit status 2; --verbose shows the traceback. A NaN or Inf loss stops `train` with one line and status 1.
+SIGTERM or SIGINT (Ctrl-C) during `train` saves a checkpoint at the current step and exits 0 (a second signal
+ends it at once); during another verb it exits 130, and as every file is written under a temporary name and
+renamed, none is left half-written.
 """
 
 from __future__ import annotations
@@ -35,6 +39,7 @@ import inspect
 import json
 import pathlib
 import sys
+import warnings
 from typing import Callable
 
 import jax
@@ -42,7 +47,7 @@ import numpy as np
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from scoresde import config as config_lib
+from scoresde import checkpoint, config as config_lib
 from scoresde.bench import command as bench_command
 from scoresde import evaluation, guidance, observations, parallel, plots, samplers, sde as sde_lib, toy, train
 from scoresde import experiment as experiment_lib
@@ -160,7 +165,11 @@ def train_verb() -> None:
     experiment = experiment_lib.build_experiment(config_lib.from_dict(FLAGS.config.to_dict()))
     state = train.run(experiment, FLAGS.workdir, resume=FLAGS.resume, overwrite=FLAGS.overwrite,
                       progress=FLAGS.progress)
-    print(f"trained {int(state.step)} steps; run in {FLAGS.workdir}")
+    n_iters = experiment.config.training.n_iters
+    if int(state.step) < n_iters:
+        print(f"stopped at step {int(state.step)} of {n_iters}; run the same command to resume")
+    else:
+        print(f"trained {int(state.step)} steps; run in {FLAGS.workdir}")
 
 
 def _workdir_sampler(experiment: experiment_lib.Experiment) -> samplers.Sampler:
@@ -360,9 +369,23 @@ def usage() -> str:
                       "lists every flag; README.md documents verbs, flags and configs."])
 
 
-def _fail(verb: str, message: str) -> None:
+def _fail(verb: str, message: str, status: int = 2) -> None:
     print(f"scoresde {verb}: error: {' '.join(message.split())}", file=sys.stderr)
-    sys.exit(2)
+    sys.exit(status)
+
+
+def _show_warnings_as_lines(verb: str) -> None:
+    """A skipped damaged checkpoint is one line on stderr, "scoresde VERB: warning: ..."; other warnings as
+    Python shows them."""
+    default = warnings.showwarning
+
+    def show(message, category, *args, **kwargs):
+        if issubclass(category, checkpoint.DamagedCheckpointWarning):
+            print(f"scoresde {verb}: warning: {message}", file=sys.stderr)
+        else:
+            default(message, category, *args, **kwargs)
+
+    warnings.showwarning = show
 
 
 def _missing_field_text(error: Exception, argv: list[str]) -> str:
@@ -409,12 +432,16 @@ def run(argv: list[str]) -> None:
         _fail(argv[1], f"usage: scoresde {argv[1]} [--flags]; unexpected arguments {argv[2:]}.")
     if FLAGS.distributed:
         parallel.initialize_distributed()
+    _show_warnings_as_lines(argv[1])
     try:
         VERBS[argv[1]](*argv[2:])
-    except ValueError as e:
+    except (ValueError, FloatingPointError) as e:
         if FLAGS.verbose:
             raise
-        _fail(argv[1], str(e))
+        _fail(argv[1], str(e), status=1 if isinstance(e, FloatingPointError) else 2)
+    except KeyboardInterrupt:
+        _fail(argv[1], "interrupted; files are written whole or not at all, so nothing half-written is left.",
+              status=130)
 
 
 def main() -> None:

@@ -83,6 +83,8 @@ class TrainingConfig:
       snapshot_sampler: sampler spec (`scoresde.samplers.build_sampler`) of the snapshot pictures; a fast ODE
         solver by default, so that a snapshot costs seconds, not a 1,000-step `sampling.method` pass.
       snapshot_num_steps: its steps; None: the sampler's own default (adaptive ones choose their steps).
+      skip_nonfinite: a step whose loss or gradients are NaN or Inf leaves the state as it was and is counted
+        (`skipped_nonfinite` in metrics.jsonl); False stops training with an error naming the step.
     """
 
     sde: str
@@ -104,6 +106,7 @@ class TrainingConfig:
     objective: str
     snapshot_sampler: str
     snapshot_num_steps: int | None
+    skip_nonfinite: bool
 
     def __post_init__(self):
         require(self.batch_size >= 1, f"training.batch_size must be >= 1; got {self.batch_size}.")
@@ -292,6 +295,7 @@ ADDED_KEYS: dict[tuple[str, str], Any] = {
     # Training is unchanged by these; an older run's snapshot pictures are drawn by the fast default.
     ("training", "snapshot_sampler"): "dpm_solver_pp",
     ("training", "snapshot_num_steps"): 10,
+    ("training", "skip_nonfinite"): False,
 }
 
 

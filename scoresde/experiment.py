@@ -157,17 +157,14 @@ def restore(workdir: pathlib.Path | str) -> tuple[Experiment, SamplingState]:
     Only those two are read from disk: not the parameters being trained, nor the optimizer state.
 
     Raises:
-      ValueError: if `workdir` holds no run or no checkpoint, or the checkpoint does not fit its config.
+      ValueError: if `workdir` holds no run or no intact checkpoint, or the checkpoint does not fit its
+        config.
     """
     experiment = build_experiment(workdir_lib.load_config(workdir))
     target = {"step": jax.ShapeDtypeStruct((), jnp.int32),
               "ema_params": jax.eval_shape(experiment.init_params)}
-    checkpointer = checkpoint.Checkpointer(workdir)
-    try:
-        restored = checkpointer.restore_latest(abstract(target, parallel.replicated(parallel.data_mesh())),
-                                               partial=True)
-    finally:
-        checkpointer.close()
+    restored = checkpoint.restore_latest(workdir, abstract(target, parallel.replicated(parallel.data_mesh())),
+                                         partial=True)
     if restored is None:
         raise ValueError(f"{workdir} holds no checkpoint yet.")
     return experiment, SamplingState(**restored)

@@ -14,7 +14,11 @@ from __future__ import annotations
 
 import functools
 import json
+import os
 import pathlib
+import signal
+import sys
+import threading
 import time
 from typing import Any, Callable
 
@@ -75,29 +79,43 @@ def train_step(
     ema_rate: float,
     state: TrainState,
     batch: data_lib.Batch | Array,
+    *,
+    skip_nonfinite: bool = False,
 ) -> tuple[TrainState, Array]:
     """One optimizer step on a batch (x: [B, ...] and its labels, or x alone) and the EMA update; returns
-    (new state, loss)."""
+    (new state, loss).
+
+    The loss comes back NaN when it or any gradient is not finite; with `skip_nonfinite` such a step then
+    leaves the parameters, EMA and optimizer state as they were (the step count still advances, so the next
+    step draws the next batch and key).
+    """
     key = jax.random.fold_in(state.rng, state.step)
     loss, grads = jax.value_and_grad(objective)(state.params, key, batch)
+    finite = jnp.isfinite(loss) & jnp.all(jnp.stack([jnp.all(jnp.isfinite(g))
+                                                     for g in jax.tree_util.tree_leaves(grads)]))
     updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
     params = optax.apply_updates(state.params, updates)
     ema_params = optax.incremental_update(params, state.ema_params, 1.0 - ema_rate)
-    return state.replace(step=state.step + 1, params=params, ema_params=ema_params, opt_state=opt_state), loss
+    new = state.replace(step=state.step + 1, params=params, ema_params=ema_params, opt_state=opt_state)
+    if skip_nonfinite:
+        new = jax.tree_util.tree_map(lambda n, o: jnp.where(finite, n, o), new, state.replace(step=new.step))
+    return new, jnp.where(finite, loss, jnp.nan)
 
 
 def compile_train_steps(
-    objective: Objective, optimizer: optax.GradientTransformation, ema_rate: float, mesh: jax.sharding.Mesh
+    objective: Objective, optimizer: optax.GradientTransformation, ema_rate: float, mesh: jax.sharding.Mesh,
+    *, skip_nonfinite: bool = False,
 ) -> Callable[[TrainState, Any], tuple[TrainState, Array]]:
     """(state, batches) -> (state after n steps, losses: [n]), one lax.scan jitted over `mesh`.
 
     `batches`: n stacked batches, a `data.Batch` of x: [n, B, ...] and cond: [n, B] (or None), or x alone.
+    A step's loss is NaN if it or a gradient was not finite (see `train_step` and its `skip_nonfinite`).
 
     The batch axis is split over the mesh's devices; the state is replicated and donated. A single step runs
     outside any loop: XLA:CPU (jaxlib 0.10) computes convolution gradients inside a while loop some 35x slower
     than outside one, so on CPU convolutional networks train with n_jitted_steps=1.
     """
-    step = functools.partial(train_step, objective, optimizer, ema_rate)
+    step = functools.partial(train_step, objective, optimizer, ema_rate, skip_nonfinite=skip_nonfinite)
     replicated = parallel.replicated(mesh)
 
     def steps(state: TrainState, batches: Any) -> tuple[TrainState, Array]:
@@ -142,12 +160,17 @@ class _Log:
         self._file.write(json.dumps({"step": step, **metrics}) + "\n")
         self._file.flush()
 
-    def training(self, step: int, loss: float, batch_size: int) -> None:
+    def training(self, step: int, losses: np.ndarray, batch_size: int, count_skipped: bool) -> None:
+        """The mean of the finite `losses` of the steps since the last line (and, if `count_skipped`, how
+        many steps were skipped as non-finite), steps/s and examples/s."""
         now = time.perf_counter()
         rate = (step - self._since_step) / (now - self._since)
         self._since, self._since_step = now, step
-        self.write(step, loss=loss, steps_per_sec=rate, examples_per_sec=rate * batch_size)
-        self._bar.set_postfix(loss=f"{loss:.4g}", steps_per_sec=f"{rate:.3g}")
+        finite = losses[np.isfinite(losses)]
+        loss = float(np.mean(finite)) if len(finite) else None
+        skipped = {"skipped_nonfinite": len(losses) - len(finite)} if count_skipped else {}
+        self.write(step, loss=loss, **skipped, steps_per_sec=rate, examples_per_sec=rate * batch_size)
+        self._bar.set_postfix(loss=f"{loss:.4g}" if loss is not None else "-", steps_per_sec=f"{rate:.3g}")
 
     def close(self) -> None:
         self._bar.close()
@@ -162,6 +185,47 @@ def _batches(dataset: data_lib.Dataset, first_step: int, n: int, batch_size: int
     return jax.tree_util.tree_map(lambda *leaves: np.stack(leaves), *batches)
 
 
+class _StopSignals:
+    """SIGTERM and SIGINT ask the training loop to stop after the dispatch in flight (a preemption notice, a
+    Ctrl-C); the handlers then fall back to the system's, so a second signal ends the process at once
+    (orbax renames a checkpoint into place only when it is complete, so that corrupts nothing).
+
+    Handlers can only be installed in the main thread; elsewhere signals keep their handlers.
+    """
+
+    SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+    def __init__(self):
+        self.received: str | None = None
+        self._previous: dict = {}
+
+    def __enter__(self) -> "_StopSignals":
+        if threading.current_thread() is threading.main_thread():
+            self._previous = {number: signal.signal(number, self._handle) for number in self.SIGNALS}
+        return self
+
+    def _handle(self, number: int, frame: Any) -> None:
+        self.received = signal.Signals(number).name
+        for other in self.SIGNALS:
+            signal.signal(other, signal.SIG_DFL)
+        os.write(2, f"\n{self.received}: saving a checkpoint after this step; a second signal stops at "
+                    f"once.\n".encode())
+
+    def __exit__(self, *exc: Any) -> None:
+        for number, handler in self._previous.items():
+            signal.signal(number, handler)
+
+
+def _check_finite(losses: np.ndarray, first_step: int, last_saved: str) -> None:
+    """FloatingPointError naming the first step whose loss or gradients were not finite (a NaN loss)."""
+    bad = np.flatnonzero(~np.isfinite(losses))
+    if len(bad):
+        raise FloatingPointError(
+            f"step {first_step + int(bad[0]) + 1}: the loss or its gradients are not finite (NaN or Inf); "
+            f"training stopped without saving it. The last good checkpoint is {last_saved}. Lower optim.lr, "
+            f"set optim.grad_clip, or set training.skip_nonfinite=True to skip such steps.")
+
+
 def run(
     experiment: Experiment,
     workdir: str | pathlib.Path,
@@ -171,7 +235,7 @@ def run(
     progress: bool = True,
     async_checkpoints: bool = True,
 ) -> TrainState:
-    """Trains to `training.n_iters` steps, resuming from the workdir's newest checkpoint if there is one.
+    """Trains to `training.n_iters` steps, resuming from the workdir's newest intact checkpoint if any.
 
     Writes config.json, checkpoints/ and checkpoints-meta/ (see `scoresde.checkpoint`), metrics.jsonl (one
     JSON object per line: training loss, steps/s and examples/s every log_freq steps; eval_loss of the EMA
@@ -180,9 +244,16 @@ def run(
     (`Experiment.snapshots_sample`), samples/step_<step>.png at every snapshot (batch_size samples by
     `experiment.snapshot_sampler`, a few-step ODE solver by default).
 
+    SIGTERM or SIGINT stops training after the dispatch in flight: the state is saved as a preemption
+    checkpoint at that step, the save awaited, and the state returned (its step below n_iters); a second
+    signal ends the process at once. The losses are checked at every log line and before every checkpoint
+    and snapshot: a non-finite one stops training unless training.skip_nonfinite.
+
     Raises:
       ValueError: on a batch not divisible by the device count, a workdir holding another config (see
         `check_workdir`) or a checkpoint that does not fit; the workdir is left as it was.
+      FloatingPointError: on a NaN or Inf loss or gradient (without training.skip_nonfinite), naming the step
+        and the last checkpoint saved, which is intact.
     """
     workdir, config, t = pathlib.Path(workdir), experiment.config, experiment.config.training
     mesh = parallel.data_mesh()
@@ -191,52 +262,76 @@ def run(
     state = jax.jit(lambda: initial_state(experiment), out_shardings=parallel.replicated(mesh))()
     if start_over:
         workdir_lib.clear_run(workdir)
-    checkpoints = checkpoint.Checkpointer(workdir, keep=t.keep_checkpoints, async_save=async_checkpoints)
-    restored = checkpoints.restore_latest(state)
+    restored = checkpoint.restore_latest(workdir, state, set_aside=True)
     state = state if restored is None else restored
+    checkpoints = checkpoint.Checkpointer(workdir, keep=t.keep_checkpoints, async_save=async_checkpoints)
     workdir_lib.write_config(workdir, config)
     workdir_lib.truncate_metrics(workdir, int(state.step))
-    steps = compile_train_steps(experiment.objective, experiment.optimizer, config.model.ema_rate, mesh)
+    steps = compile_train_steps(experiment.objective, experiment.optimizer, config.model.ema_rate, mesh,
+                                skip_nonfinite=t.skip_nonfinite)
     eval_loss = jax.jit(lambda params, key, batch: experiment.objective(params, key, batch, train=False))
     snapshot_samples = (sampling_fn(experiment, t.batch_size, experiment.snapshot_sampler)
                         if experiment.snapshots_sample else None)
-    step = int(state.step)
+    step = saved = int(state.step)
+    last_saved = f"step {step}'s" if restored is not None else "none (no checkpoint was saved yet)"
     log = _Log(workdir, step, t.n_iters, progress)
-    losses = []
+    losses, window_start = [], step
     try:
-        while step < t.n_iters:
-            local = _batches(experiment.dataset, step, t.n_jitted_steps, t.batch_size)
-            batches = parallel.shard_batch(local, mesh, batch_axis=1)
-            state, chunk_losses = steps(state, batches)
-            losses.append(chunk_losses)
-            step += t.n_jitted_steps
-            log.advance(t.n_jitted_steps)
-            if step % t.log_freq == 0:
-                log.training(step, float(jnp.mean(jnp.concatenate(losses))), t.batch_size)
-                losses = []
-            if step % t.eval_freq == 0 and len(experiment.dataset.test):
-                test = experiment.dataset.test_batch(0, t.batch_size)
-                log.write(step, eval_loss=float(eval_loss(state.ema_params, jax.random.PRNGKey(step), test)))
-            _checkpoint(experiment, workdir, checkpoints, state, step, snapshot_samples, log)
+        with _StopSignals() as stop:
+            while step < t.n_iters and stop.received is None:
+                local = _batches(experiment.dataset, step, t.n_jitted_steps, t.batch_size)
+                state, chunk_losses = steps(state, parallel.shard_batch(local, mesh, batch_axis=1))
+                losses.append(chunk_losses)
+                step += t.n_jitted_steps
+                log.advance(t.n_jitted_steps)
+                if not _due(t, step):
+                    continue
+                window = np.asarray(jnp.concatenate(losses))
+                if not t.skip_nonfinite:
+                    _check_finite(window, window_start, last_saved)
+                if step % t.log_freq == 0:
+                    log.training(step, window, t.batch_size, t.skip_nonfinite)
+                    losses, window_start = [], step
+                if step % t.eval_freq == 0 and len(experiment.dataset.test):
+                    test = experiment.dataset.test_batch(0, t.batch_size)
+                    key = jax.random.PRNGKey(step)
+                    log.write(step, eval_loss=float(eval_loss(state.ema_params, key, test)))
+                path = _checkpoint(experiment, workdir, checkpoints, state, step, snapshot_samples, log)
+                saved, last_saved = (step, str(path)) if path else (saved, last_saved)
+            if stop.received is not None:
+                path = checkpoints.save(step, state, snapshot=False) if step > saved else last_saved
+                checkpoints.wait()
+                print(f"{stop.received}: stopped at step {step}; its checkpoint is in {path}",
+                      file=sys.stderr)
     finally:
         log.close()
         checkpoints.close()
     return state
 
 
+def _due(t: Any, step: int) -> bool:
+    """Whether `step` logs, evaluates or checkpoints (the loop then checks the losses)."""
+    return step == t.n_iters or any(step % freq == 0 for freq in (
+        t.log_freq, t.eval_freq, t.snapshot_freq, t.snapshot_freq_for_preemption))
+
+
 def _checkpoint(experiment: Experiment, workdir: pathlib.Path, checkpoints: checkpoint.Checkpointer,
-                state: TrainState, step: int, snapshot_samples: Callable | None, log: _Log) -> None:
-    """Saves a snapshot (with samples) or a preemption checkpoint when `step` is due for one.
+                state: TrainState, step: int, snapshot_samples: Callable | None,
+                log: _Log) -> pathlib.Path | None:
+    """Saves a snapshot (with samples) or a preemption checkpoint when `step` is due for one; returns its
+    directory, or None.
 
     Every snapshot's samples start from the same noise, so the pictures of one run show its progress.
     """
     t = experiment.config.training
     snapshot = step % t.snapshot_freq == 0 or step == t.n_iters
+    path = None
     if snapshot or step % t.snapshot_freq_for_preemption == 0:
-        checkpoints.save(step, state, snapshot=snapshot)
+        path = checkpoints.save(step, state, snapshot=snapshot)
     if snapshot and snapshot_samples is not None:
         x, nfe = snapshot_samples(state.ema_params, jax.random.PRNGKey(experiment.config.seed))
         (workdir / workdir_lib.SAMPLES_DIR).mkdir(exist_ok=True)
         path = workdir / workdir_lib.SAMPLES_DIR / f"step_{step}.png"
         write_samples_png(path, experiment, x, f"step {step}, {nfe} NFE")
         log.note(f"step {step}: {len(x)} samples ({t.snapshot_sampler}, {nfe} NFE) in {path}")
+    return path

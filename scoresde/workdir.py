@@ -119,7 +119,7 @@ def check_workdir(workdir: pathlib.Path, config: Config, *, resume: bool, overwr
 
 def clear_run(workdir: pathlib.Path) -> None:
     """Deletes what a run wrote into workdir (checkpoints, metrics, samples, eval, config), nothing else."""
-    for name in (checkpoint.SNAPSHOTS, checkpoint.PREEMPTION, SAMPLES_DIR, EVAL_DIR):
+    for name in (checkpoint.SNAPSHOTS, checkpoint.PREEMPTION, checkpoint.DAMAGED, SAMPLES_DIR, EVAL_DIR):
         shutil.rmtree(workdir / name, ignore_errors=True)
     for name in (METRICS_FILE, CONFIG_FILE):
         (workdir / name).unlink(missing_ok=True)
