@@ -20,6 +20,7 @@ dtypes) is refused with a ValueError naming the first difference: it is never lo
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import pathlib
@@ -69,24 +70,48 @@ class Checkpointer:
                                                    enable_async_checkpointing=async_save)
             return ocp.CheckpointManager(workdir / name, options=options)
 
+        _quiet_abandoned_io()
         self._managers = {SNAPSHOTS: manager(SNAPSHOTS, keep or None), PREEMPTION: manager(PREEMPTION, 1)}
 
     def save(self, step: int, state: Any, *, snapshot: bool) -> pathlib.Path:
         """Saves `state` as step `step`: a kept snapshot, or else the preemption checkpoint; returns the
         step's directory (complete once `wait` returns)."""
         manager = self._managers[SNAPSHOTS if snapshot else PREEMPTION]
-        manager.save(step, args=ocp.args.StandardSave(state), custom_metadata={_RECORD: leaf_record(state)})
+        record = {_RECORD: leaf_record(state)}
+        with _writing(manager):  # the previous save's error surfaces here
+            manager.save(step, args=ocp.args.StandardSave(state), custom_metadata=record)
         return pathlib.Path(manager.directory) / str(step)
 
     def wait(self) -> None:
-        """Blocks until every pending save is on disk."""
+        """Blocks until every pending save is on disk.
+
+        Raises:
+          OSError: if a save failed (a full disk, a directory that cannot be written); the checkpoints saved
+            before it are intact.
+        """
         for manager in self._managers.values():
-            manager.wait_until_finished()
+            with _writing(manager):
+                manager.wait_until_finished()
 
     def close(self) -> None:
-        """Waits for pending saves and releases the managers."""
+        """Waits for pending saves and releases the managers (OSError as `wait`)."""
         for manager in self._managers.values():
-            manager.close()
+            with _writing(manager):
+                manager.close()
+
+
+@contextlib.contextmanager
+def _writing(manager: ocp.CheckpointManager):
+    """Turns orbax's ValueError for a write tensorstore could not do (no space, no permission) into OSError
+    naming the directory; `scoresde.cli` reports it in one line."""
+    try:
+        yield
+    except ValueError as error:
+        text = str(error).splitlines()[0] if str(error) else repr(error)
+        if not any(code in text for code in ("RESOURCE_EXHAUSTED", "PERMISSION_DENIED", "Errno")):
+            raise
+        raise OSError(f"a checkpoint could not be written into {manager.directory} ({text}); the checkpoints "
+                      f"saved before it are intact.") from error
 
 
 def _leaf_name(path: tuple) -> str:
@@ -158,7 +183,7 @@ def _check_fits(step: pathlib.Path, target: Any, record: dict) -> None:
 
 def _read(step: pathlib.Path, target: Any, partial: bool) -> Any:
     """The arrays of `target` read from one step directory; `partial`: `target` is a dict of some fields."""
-    _quiet_abandoned_reads()
+    _quiet_abandoned_io()
     restore_args = jax.tree_util.tree_map(lambda s: ocp.ArrayRestoreArgs(sharding=s.sharding), target)
     reader = ocp.PyTreeCheckpointer()
     try:
@@ -245,12 +270,13 @@ def _set_aside(workdir: pathlib.Path, damaged: list[pathlib.Path], unfinished: l
         "; deleted the unfinished saves" if unfinished else "")
 
 
-def _quiet_abandoned_reads() -> None:
-    """Silences the echoes of a failed read (installed once, before the first read): orbax stops at the
-    first array that fails and closes its event loop, and the reads still in flight then report "Event loop
-    is closed" (through sys.unraisablehook) and "Task exception was never retrieved" (through the asyncio
-    logger), dozens of tracebacks for an error already raised. Other unraisable exceptions and log records
-    pass as before."""
+def _quiet_abandoned_io() -> None:
+    """Silences the echoes of a failed read or write (installed once, before the first): orbax stops at the
+    first array that fails and closes its event loop, and the operations still in flight then report "Event
+    loop is closed" (through sys.unraisablehook) and "Task exception was never retrieved" (through the
+    asyncio logger), and a background save logs the traceback of the error it hands to the main thread
+    (through absl's logger): hundreds of lines for one error, raised in the caller. Other unraisable
+    exceptions and log records pass as before."""
     previous = sys.unraisablehook
     if getattr(previous, "_scoresde_quiet", False):
         return
@@ -264,3 +290,5 @@ def _quiet_abandoned_reads() -> None:
     sys.unraisablehook = hook
     logging.getLogger("asyncio").addFilter(
         lambda record: "exception was never retrieved" not in record.getMessage())
+    logging.getLogger("absl").addFilter(
+        lambda record: not ("orbax" in record.pathname and record.levelno >= logging.ERROR))

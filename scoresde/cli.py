@@ -47,7 +47,7 @@ import numpy as np
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from scoresde import checkpoint, config as config_lib
+from scoresde import atomic, checkpoint, config as config_lib
 from scoresde.bench import command as bench_command
 from scoresde import evaluation, guidance, observations, parallel, plots, samplers, sde as sde_lib, toy, train
 from scoresde import experiment as experiment_lib
@@ -71,6 +71,9 @@ class _ConfigFileParser(flags.ArgumentParser):
         path, *args = argument.split(":", 1)
         if not pathlib.Path(path).is_file():
             raise ValueError(f"config file {path!r} does not exist.")
+        if pathlib.Path(path).suffix != ".py":
+            raise ValueError(f"config file {path!r} is not a Python file (.py); config files are Python "
+                             f"modules with a get_config() function.")
         spec = importlib.util.spec_from_file_location(f"{self.name}_config", path)
         module = importlib.util.module_from_spec(spec)
         try:  # the user's file may raise anything; the message keeps its exception
@@ -204,14 +207,25 @@ def sample_workdir() -> None:
     num_samples = _num_samples(experiment.config.eval.num_samples)
     draw = experiment_lib.sampling_fn(experiment, num_samples, sampler, guidance_scale=FLAGS.guidance_scale)
     x, nfe = draw(state.ema_params, jax.random.PRNGKey(FLAGS.seed), FLAGS.class_label)
+    _check_finite(x, "samples")
     out = pathlib.Path(_given("outdir", workdir / workdir_lib.SAMPLES_DIR))
     out.mkdir(parents=True, exist_ok=True)
     method = _given("sampler", experiment.config.sampling.method)
     stem = out / f"samples_{int(state.step)}_{method}{suffix}"
-    np.savez(f"{stem}.npz", x=x, nfe=nfe, step=int(state.step), **condition)
+    with atomic.replacing(f"{stem}.npz") as temporary:
+        np.savez(temporary, x=x, nfe=nfe, step=int(state.step), **condition)
     title = f"step {int(state.step)}, {nfe} NFE" + "".join(f", {k} {v:g}" for k, v in condition.items())
     experiment_lib.write_samples_png(pathlib.Path(f"{stem}.png"), experiment, x, title)
     print(f"wrote {stem}.npz and {stem}.png ({num_samples} samples, {nfe} score evaluations)")
+
+
+def _check_finite(x: np.ndarray, what: str) -> None:
+    """FloatingPointError unless every value of x: [N, ...] is finite, so that a solve that diverged writes
+    nothing instead of NaNs."""
+    bad = int(np.sum(~np.isfinite(np.asarray(x, np.float64)).reshape(len(x), -1).all(axis=1)))
+    if bad:
+        raise FloatingPointError(f"{bad} of {len(x)} {what} hold NaN or Inf; nothing was written. The solve "
+                                 f"diverged: try another --sampler or more --num_steps.")
 
 
 def sample_problem() -> None:
@@ -230,9 +244,11 @@ def sample_problem() -> None:
     shape = (num_samples,) + mix.event_shape
     draw = jax.jit(lambda key: samplers.sample(key, sde, mix.score_fn(sde), shape, sampler))
     x, nfe = draw(jax.random.PRNGKey(FLAGS.seed))
+    _check_finite(x, "samples")
     out = pathlib.Path(FLAGS.outdir)
     out.mkdir(parents=True, exist_ok=True)
-    np.savez(out / "samples.npz", x=np.asarray(x), nfe=int(nfe))
+    with atomic.replacing(out / "samples.npz") as temporary:
+        np.savez(temporary, x=np.asarray(x), nfe=int(nfe))
     reference = mix.sample(jax.random.PRNGKey(FLAGS.seed + 1), num_samples)
     plots.samples_png(out / "samples.png", x, reference, title=f"{FLAGS.sampler}, {int(nfe)} NFE")
     print(f"wrote {out / 'samples.npz'} and {out / 'samples.png'} ({int(nfe)} score evaluations)")
@@ -274,12 +290,14 @@ def _complete(verb: str) -> None:
     run, arrays = _constrained(verb, experiment, x)
     y, nfe = jax.jit(run)(state.ema_params, jax.random.PRNGKey(FLAGS.seed))
     y = np.asarray(dataset.unscale(y))
+    _check_finite(y, "completed examples")
     if verb == "inpaint":  # the known entries exactly as given, not through the model's scaling and back
         y = np.where(arrays["mask"] > 0, x, y)
     out = pathlib.Path(_given("outdir", workdir / workdir_lib.SAMPLES_DIR))
     out.mkdir(parents=True, exist_ok=True)
     stem = out / f"{verb}_{int(state.step)}_{_given('sampler', experiment.config.sampling.method)}"
-    np.savez(f"{stem}.npz", x=y, nfe=int(nfe), step=int(state.step), **arrays)
+    with atomic.replacing(f"{stem}.npz") as temporary:
+        np.savez(temporary, x=y, nfe=int(nfe), step=int(state.step), **arrays)
     grey = np.broadcast_to(x.mean(axis=-1, keepdims=True), x.shape)
     shown = x * arrays["mask"] if verb == "inpaint" else grey
     pictures = np.stack([shown, y], axis=1).reshape((-1,) + shape) if dataset.is_image else y
@@ -314,6 +332,7 @@ def eval_verb() -> None:
     if config.enable_sampling:
         draw = experiment_lib.sampling_fn(experiment, settings["num_samples"], sampler)
         x, nfe = draw(state.ema_params, key)
+        _check_finite(x, "samples")
         results["sampling_nfe"] = nfe
         if not dataset.is_image:
             results.update(evaluation.point_metrics(key, x, dataset))
@@ -323,9 +342,10 @@ def eval_verb() -> None:
         x = evaluation.test_examples(dataset, config.batch_size, FLAGS.seed)
         figures = evaluation.likelihood_fn(experiment.objective, dataset)(state.ema_params, key, x)
         results["likelihood_nfe"] = figures.pop("likelihood_nfe")
+        _check_finite(np.array([list(figures.values())]), f"likelihood figures ({', '.join(figures)})")
         results.update({f"test_{name}": value for name, value in figures.items()})
     path.parent.mkdir(parents=True, exist_ok=True)
-    workdir_lib.write_atomically(path, json.dumps(results, indent=2) + "\n")
+    atomic.write_text(path, json.dumps(results, indent=2) + "\n")
     print(json.dumps(results))
 
 
@@ -435,10 +455,10 @@ def run(argv: list[str]) -> None:
     _show_warnings_as_lines(argv[1])
     try:
         VERBS[argv[1]](*argv[2:])
-    except (ValueError, FloatingPointError) as e:
+    except (ValueError, FloatingPointError, OSError) as e:
         if FLAGS.verbose:
             raise
-        _fail(argv[1], str(e), status=1 if isinstance(e, FloatingPointError) else 2)
+        _fail(argv[1], str(e), status=2 if isinstance(e, ValueError) else 1)
     except KeyboardInterrupt:
         _fail(argv[1], "interrupted; files are written whole or not at all, so nothing half-written is left.",
               status=130)

@@ -30,7 +30,7 @@ import numpy as np
 from flax import struct
 from PIL import Image
 
-from scoresde import toy2d
+from scoresde import observations, toy2d
 
 ArrayT = TypeVar("ArrayT")
 
@@ -362,11 +362,8 @@ def _center_crop_resize(image: Image.Image, size: int) -> Image.Image:
 
 def _read_image(path: Path, num_channels: int, image_size: int | None) -> np.ndarray:
     """One image file as uint8 [H, W, num_channels]; ValueError naming the file if it cannot be decoded."""
-    try:
-        with Image.open(path) as opened:
-            image = opened.convert("L" if num_channels == 1 else "RGB")
-    except (OSError, SyntaxError) as error:  # Pillow raises SyntaxError for some broken PNG chunks.
-        raise ValueError(f"image file {path} cannot be read: {error}") from error
+    with observations.open_image(path) as opened:
+        image = opened.convert("L" if num_channels == 1 else "RGB")
     if image_size is not None:
         image = _center_crop_resize(image, image_size)
     return np.asarray(image, np.uint8).reshape(image.height, image.width, num_channels)
@@ -392,7 +389,7 @@ def _load_image_folder(config: DataConfig) -> Dataset:
 
 def _open_npz(path: Path) -> np.lib.npyio.NpzFile:
     try:
-        archive = np.load(path)
+        archive = np.load(path, allow_pickle=False)
     except (OSError, ValueError, zipfile.BadZipFile) as error:
         raise ValueError(f"npz file {path} cannot be read: {error}") from error
     if not isinstance(archive, np.lib.npyio.NpzFile):

@@ -9,13 +9,17 @@ names the file:
 * masks: 1 = known, 0 = to fill in; a PNG of black (0) and white (255) pixels, or an `.npz` with an array
   `mask` of 0s and 1s, shaped like one example, like the batch, or [H, W] for every channel of an image.
 
-`.npz` files are read with allow_pickle=False: an object array is refused, never unpickled.
+`.npz` files are read with allow_pickle=False: an object array is refused, never unpickled. Image files are
+opened lazily and refused before decoding when their header claims more than `MAX_IMAGE_PIXELS` pixels (a
+decompression bomb); `scoresde.data` opens image folders the same way (`open_image`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import pathlib
 import zipfile
+from typing import Iterator
 
 import numpy as np
 from PIL import Image
@@ -23,15 +27,27 @@ from PIL import Image
 from scoresde.samplers.base import require
 
 _PNG_CHANNELS = {"L": 1, "RGB": 3}
+MAX_IMAGE_PIXELS = 4096 * 4096
+
+
+@contextlib.contextmanager
+def open_image(path: str | pathlib.Path) -> Iterator[Image.Image]:
+    """An image file with its header read and its pixels not yet decoded; ValueError naming the file if it
+    cannot be read or claims more than MAX_IMAGE_PIXELS pixels."""
+    try:
+        with Image.open(path) as image:
+            require(image.width * image.height <= MAX_IMAGE_PIXELS,
+                    f"image file {path} is {image.width}x{image.height} pixels; at most {MAX_IMAGE_PIXELS} "
+                    f"pixels are decoded.")
+            yield image
+    except (OSError, SyntaxError) as error:  # Pillow raises SyntaxError for some broken PNG chunks
+        raise ValueError(f"image file {path} cannot be read: {error}") from error
 
 
 def _read_png(path: pathlib.Path) -> np.ndarray:
     """An 8-bit greyscale or RGB PNG as uint8 [H, W, C]."""
-    try:
-        with Image.open(path) as image:
-            mode, array = image.mode, np.asarray(image)
-    except (OSError, SyntaxError) as error:  # Pillow raises SyntaxError for some broken PNG chunks
-        raise ValueError(f"{path} cannot be read as an image: {error}") from error
+    with open_image(path) as image:
+        mode, array = image.mode, np.asarray(image)
     require(mode in _PNG_CHANNELS, f"{path} is a {mode!r} image; give an 8-bit greyscale (L) or RGB one.")
     return array.reshape(array.shape[:2] + (_PNG_CHANNELS[mode],))
 
@@ -39,15 +55,16 @@ def _read_png(path: pathlib.Path) -> np.ndarray:
 def _read_npz(path: pathlib.Path, key: str) -> np.ndarray:
     """Array `key` of an .npz archive, without unpickling."""
     try:
-        with np.load(path, allow_pickle=False) as archive:
-            require(isinstance(archive, np.lib.npyio.NpzFile),
-                    f"{path} is a .npy array, not an .npz archive.")
-            require(key in archive.files, f"{path} has no array {key!r}; it holds {sorted(archive.files)}.")
+        archive = np.load(path, allow_pickle=False)
+    except (OSError, ValueError, zipfile.BadZipFile) as error:  # numpy takes other files for pickles, refused
+        raise ValueError(f"{path} cannot be read as an .npz archive (a zip of .npy arrays).") from error
+    require(isinstance(archive, np.lib.npyio.NpzFile), f"{path} is a .npy array, not an .npz archive.")
+    with archive:
+        require(key in archive.files, f"{path} has no array {key!r}; it holds {sorted(archive.files)}.")
+        try:
             return archive[key]
-    except (OSError, zipfile.BadZipFile) as error:
-        raise ValueError(f"{path} cannot be read as an .npz archive: {error}") from error
-    except ValueError as error:  # numpy's refusal of an object array, or ours above
-        raise ValueError(f"{path}: {error}") from error
+        except (OSError, ValueError, zipfile.BadZipFile) as error:  # numpy's refusal of an object array
+            raise ValueError(f"{path}: array {key!r} cannot be read: {error}") from error
 
 
 def _read(path: str | pathlib.Path, key: str, *, images: bool) -> np.ndarray:

@@ -12,6 +12,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 from PIL import Image  # noqa: E402
 
+from scoresde import atomic  # noqa: E402
+
 
 def scatter_png(path: str | pathlib.Path, samples, reference=None, title: str = "") -> None:
     """Scatter plot of 2-D samples: [N, 2], over optional reference data: [M, 2] in grey."""
@@ -25,7 +27,8 @@ def scatter_png(path: str | pathlib.Path, samples, reference=None, title: str = 
     ax.set_title(title)
     ax.legend(loc="upper right", markerscale=5, fontsize=7)
     fig.tight_layout()
-    fig.savefig(path)
+    with atomic.replacing(path) as temporary:
+        fig.savefig(temporary)
     plt.close(fig)
 
 
@@ -42,7 +45,8 @@ def image_grid_png(path: str | pathlib.Path, images, scale: int = 4, cols: int |
         grid[1 + r * (h + 1): 1 + r * (h + 1) + h, 1 + q * (w + 1): 1 + q * (w + 1) + w] = x[i]
     grid = np.kron(grid, np.ones((scale, scale, 1), np.float32))
     pixels = (grid * 255).round().astype(np.uint8)
-    Image.fromarray(pixels[..., 0] if c == 1 else pixels).save(path)
+    with atomic.replacing(path) as temporary:
+        Image.fromarray(pixels[..., 0] if c == 1 else pixels).save(temporary)
 
 
 def samples_png(path: str | pathlib.Path, samples, reference=None, title: str = "") -> None:

@@ -258,6 +258,7 @@ def run(
     workdir, config, t = pathlib.Path(workdir), experiment.config, experiment.config.training
     mesh = parallel.data_mesh()
     parallel.check_batch_size(t.batch_size, mesh)
+    experiment.dataset.batch_indices(0, t.batch_size)  # a batch larger than the data fails before any write
     start_over = workdir_lib.check_workdir(workdir, config, resume=resume, overwrite=overwrite)
     state = jax.jit(lambda: initial_state(experiment), out_shardings=parallel.replicated(mesh))()
     if start_over:

@@ -9,12 +9,11 @@ one with another config only on request (`check_workdir`).
 from __future__ import annotations
 
 import json
-import os
 import pathlib
 import shutil
 from typing import Any
 
-from scoresde import checkpoint
+from scoresde import atomic, checkpoint
 from scoresde.config import Config, from_dict, with_added_keys
 
 CONFIG_FILE = "config.json"
@@ -47,14 +46,7 @@ def load_config(workdir: str | pathlib.Path) -> Config:
 
 
 def write_config(workdir: pathlib.Path, config: Config) -> None:
-    (workdir / CONFIG_FILE).write_text(json.dumps(config.to_dict(), indent=2) + "\n")
-
-
-def write_atomically(path: pathlib.Path, text: str) -> None:
-    """Writes text to path through a temporary file renamed into place: readers see the old or new file."""
-    temporary = path.with_name(f"{path.name}.tmp")
-    temporary.write_text(text)
-    os.replace(temporary, path)
+    atomic.write_text(workdir / CONFIG_FILE, json.dumps(config.to_dict(), indent=2) + "\n")
 
 
 def truncate_metrics(workdir: pathlib.Path, step: int) -> None:
@@ -70,7 +62,7 @@ def truncate_metrics(workdir: pathlib.Path, step: int) -> None:
     steps = map(_logged_step, lines)
     kept = [line for line, logged in zip(lines, steps) if logged is not None and logged <= step]
     if len(kept) < len(lines):
-        write_atomically(path, "".join(f"{line}\n" for line in kept))
+        atomic.write_text(path, "".join(f"{line}\n" for line in kept))
 
 
 def _logged_step(line: str) -> int | None:

@@ -6,6 +6,7 @@ Signals are sent from inside the loop (when it builds the batches of a chosen di
 a known moment in this process; the CLI cases run `python -m scoresde train` in a subprocess.
 """
 
+import json
 import os
 import pathlib
 import signal
@@ -123,3 +124,34 @@ def test_ctrl_c_on_the_cli_saves_and_exits_0_and_a_second_signal_exits_at_once(e
         state = checkpoint.restore_latest(tmp_path, train.abstract_state(experiment, parallel.data_mesh()))
     assert all("unfinished save" in str(w.message) and "unreadable" not in str(w.message) for w in caught)
     assert int(state.step) >= step
+
+
+_TRAIN_AND_SAMPLE = """
+import sys
+import numpy as np
+sys.path.insert(0, "tests")
+import tiny_runs
+from scoresde import config, experiment, train
+run = experiment.build_experiment(config.from_config_dict(tiny_runs.tiny_mlp()))
+train.run(run, sys.argv[1], progress=False)
+restored, state = experiment.restore(sys.argv[1])
+x, nfe = experiment.sampling_fn(restored, 16)(state.ema_params, __import__("jax").random.PRNGKey(1))
+np.save(sys.argv[1] + "/x.npy", x)
+"""
+
+
+@pytest.mark.slow
+def test_the_same_config_and_seed_give_the_same_bits_in_two_fresh_processes(tmp_path):
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}  # no shared compilation cache: each process compiles anew
+    for name in ("a", "b"):
+        subprocess.run([sys.executable, "-c", _TRAIN_AND_SAMPLE, str(tmp_path / name)], cwd=ROOT, env=env,
+                       check=True, timeout=600)
+    a, b = tmp_path / "a", tmp_path / "b"
+    for step in ("checkpoints/4", "checkpoints-meta/2"):
+        record = lambda run: json.loads((run / step / "_CHECKPOINT_METADATA").read_text())["custom_metadata"]
+        assert record(a) == record(b)  # every leaf's shape, dtype and CRC-32
+    assert np.array_equal(np.load(a / "x.npy"), np.load(b / "x.npy"))
+    assert (a / "samples" / "step_4.png").read_bytes() == (b / "samples" / "step_4.png").read_bytes()
+    logged = lambda run: [{k: v for k, v in json.loads(line).items() if "per_sec" not in k}  # speeds differ
+                          for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert logged(a) == logged(b)

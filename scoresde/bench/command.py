@@ -8,6 +8,7 @@ from typing import Any, Callable, Mapping
 
 import jax
 
+from scoresde import atomic
 from scoresde.bench import overhead, report, trained
 from scoresde.bench.exact import QUICK, ExactBench, bench_exact
 from scoresde.samplers.base import require
@@ -60,7 +61,7 @@ def overhead_command(
                "rows": overhead.bench_overhead(settings, progress=progress)}
     out = pathlib.Path(outdir or "out/bench/overhead")
     report.write_json(out / "overhead.json", payload)
-    (out / "overhead.md").write_text(overhead.markdown(payload["rows"]) + "\n")
+    atomic.write_text(out / "overhead.md", overhead.markdown(payload["rows"]) + "\n")
     print(overhead.markdown(payload["rows"]))
     print(f"wrote {out / 'overhead.json'}, {out / 'overhead.md'}")
     return payload

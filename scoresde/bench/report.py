@@ -16,6 +16,8 @@ import matplotlib
 matplotlib.use("Agg")  # files only: no display is assumed
 import matplotlib.pyplot as plt  # noqa: E402
 
+from scoresde import atomic  # noqa: E402
+
 Payload = Mapping[str, Any]
 
 # Column titles of the figures exact-score and trained-model cases report, in table order; other figures keep
@@ -44,7 +46,7 @@ def write_json(path: str | pathlib.Path, payload: Payload) -> None:
     """Writes payload as indented JSON (non-finite numbers must already be None)."""
     path = pathlib.Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(payload, indent=2, allow_nan=False) + "\n")
+    atomic.write_text(path, json.dumps(payload, indent=2, allow_nan=False) + "\n")
 
 
 def _number(value: float | None) -> str:
@@ -186,7 +188,8 @@ def plot_errors(path: str | pathlib.Path, payload: Payload, x_axis: str = "nfe")
     legend = {label: handle for ax in axes.flat for handle, label in zip(*ax.get_legend_handles_labels())}
     fig.legend(legend.values(), legend.keys(), loc="center right", fontsize=8, frameon=False)
     fig.tight_layout(rect=(0, 0, 1 - legend_width / fig.get_figwidth(), 1))
-    fig.savefig(path)
+    with atomic.replacing(path) as temporary:
+        fig.savefig(temporary)
     plt.close(fig)
 
 
@@ -197,7 +200,7 @@ def write_report(outdir: str | pathlib.Path, payload: Payload) -> list[pathlib.P
     names = ("results.json", "results.md", "error_vs_nfe.png", "error_vs_time.png")
     paths = [outdir / name for name in names]
     write_json(paths[0], payload)
-    paths[1].write_text(markdown(payload).rstrip("\n") + "\n")
+    atomic.write_text(paths[1], markdown(payload).rstrip("\n") + "\n")
     plot_errors(paths[2], payload, "nfe")
     plot_errors(paths[3], payload, "run_s")
     return paths
