@@ -231,3 +231,15 @@ def test_an_image_is_measured_before_it_is_decoded(files, monkeypatch):
     monkeypatch.setattr(ImageFile.ImageFile, "load", lambda self: pytest.fail("decoded"))
     with pytest.raises(ValueError, match=r"image\.png is 8x8 pixels; at most 63 pixels are decoded"):
         observations.read_examples(files["root"] / "image.png", (8, 8, 1), images=True)
+
+
+def test_ctrl_c_outside_training_is_one_line_exit_130_and_writes_nothing(files, monkeypatch, capsys):
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+    monkeypatch.setattr(experiment_lib, "sampling_fn", interrupted)
+    before = tree_hash(files["run"])
+    code, out, err = test_cli.scoresde(monkeypatch, capsys, "sample", f"--workdir={files['run']}")
+    assert code == 130, err
+    assert err.strip() == ("scoresde sample: error: interrupted; files are written whole or not at all, so "
+                           "nothing half-written is left."), err
+    assert tree_hash(files["run"]) == before
