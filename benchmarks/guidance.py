@@ -1,10 +1,16 @@
 """Guidance and inpainting: accuracy against exact conditionals, and cost per score evaluation.
 
     python benchmarks/guidance.py [--n=2000] [--repeats=5] [--out=docs/bench/guidance.md]
+        [--parts=cost,accuracy,equal]
 
 Accuracy (exact mixture `toy.mixture_inpainting`, x_0 known, x_1 filled in): the 1-D Wasserstein distance W1
 of the sampled x_1 to the exact conditional p(x_1 | x_0 = a) (`GaussianMixture.condition`), beside its Monte
 Carlo floor (W1 between two exact draw sets of the same size), per method x sampler x SDE x known value.
+
+Equal accuracy (VP): for each method and sampler family (PC; DPM-Solver++ for the ODE samplers), the fewest
+steps on a ladder whose W1 reaches a target per known value (TARGETS), with its NFE, its score evaluations per
+example (NFE x particles) and the seconds of the solve; a method that misses the target on the whole ladder
+is reported at its largest rung. SMCDiff runs on n / 4 examples (32 particles each), the others on n.
 
 Cost: wall time per NFE of one jitted solve, the median of `repeats` runs after one compiling run (reported
 separately), for classifier-free guidance (two score calls, or one on the doubled batch), classifier
@@ -16,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import itertools
 import os
 import statistics
 import time
@@ -30,12 +37,19 @@ from scoresde import guidance, metrics, toy
 from scoresde.samplers.constraints import PiGDM, RePaint, Replacement, SMCDiff
 
 SDES = {"VP": sd.VPSDE(), "sub-VP": sd.SubVPSDE(), "VE": sd.VESDE()}
-SAMPLERS = {"PC 100": sd.samplers.PC(num_steps=100), "DDIM 50": sd.samplers.DDIM(num_steps=50)}
+SAMPLERS = {"PC 100": sd.samplers.PC(num_steps=100), "DDIM 50": sd.samplers.DDIM(num_steps=50),
+            "DPM-Solver++ 20": sd.samplers.DPMSolverPP(num_steps=20)}
 METHODS = {
     "replacement": Replacement(), "RePaint r=10": RePaint(resamplings=10), "PiGDM": PiGDM(),
-    "SMCDiff P=32": SMCDiff(num_particles=32),
+    # guidance.DEFAULT_METHOD (samplers whose every step draws noise) and ODE_DEFAULT_METHOD (the others)
+    "SMCDiff P=32, every step": SMCDiff(num_particles=32, resample_below=1.0),
+    "SMCDiff P=32, adaptive": SMCDiff(num_particles=32, resample_below=0.5),
 }
 KNOWN_VALUES = (0.5, 0.0)  # x_0 between two modes (a two-mode conditional), and at a mode (one mode)
+EQUAL_ACCURACY_METHODS = ("replacement", "RePaint r=10", "PiGDM", "SMCDiff P=32, every step",
+                          "SMCDiff P=32, adaptive")
+TARGETS = {0.5: 0.15, 0.0: 0.3}  # W1 each method must reach at equal accuracy (floors: 0.016 / 0.030)
+LADDERS = {"PC": (25, 50, 100, 200), "DPM-Solver++": (5, 10, 20, 40)}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -58,28 +72,49 @@ def exact_case(n: int) -> Case:
     )
 
 
+def inpaint_once(sde, sampler, method, a: float, n: int, seed: int = 0) -> dict:
+    """One jitted inpainting of n points with x_0 = a known: W1 of x_1 to the exact conditional, its floor
+    (two exact draw sets of n), NFE, evaluations per example and the seconds of the compiled solve."""
+    mix, mask = toy.mixture_inpainting(), jnp.array([1.0, 0.0])
+    n = n // 4 if isinstance(method, SMCDiff) else n
+    cond = mix.condition(np.array([True, False]), np.array([a, 0.0]))
+    exact, exact2 = (cond.sample(jax.random.PRNGKey(seed + k), n)[None, :, 0] for k in (100, 101))
+    x_known = jnp.zeros((n, 2)).at[:, 0].set(a)
+    fn = jax.jit(
+        lambda key: guidance.inpaint(key, sde, mix.score_fn(sde), x_known, mask, sampler, method=method)
+    )
+    _, seconds, nfe = time_solve(fn, 1)
+    x, _ = fn(jax.random.PRNGKey(seed))
+    return dict(w1=float(metrics.wasserstein_1d(x[None, :, 1], exact, p=1)[0]), nfe=nfe, n=n,
+                floor=float(metrics.wasserstein_1d(exact, exact2, p=1)[0]),
+                evaluations=nfe * method.particles, seconds=seconds)
+
+
 def inpainting_w1(n: int, seed: int = 0) -> list[dict]:
     """W1 of inpainted x_1 to the exact conditional, and its floor, for every method, sampler and SDE."""
-    mix, rows = toy.mixture_inpainting(), []
-    mask = jnp.array([1.0, 0.0])
-    for a in KNOWN_VALUES:
-        cond = mix.condition(np.array([True, False]), np.array([a, 0.0]))
-        exact, exact2 = (cond.sample(jax.random.PRNGKey(seed + k), n)[None, :, 0] for k in (100, 101))
-        floor = float(metrics.wasserstein_1d(exact, exact2, p=1)[0])
-        x_known = jnp.zeros((n, 2)).at[:, 0].set(a)
-        for sde_name, sde in SDES.items():
-            for sampler_name, sampler in SAMPLERS.items():
-                for method_name, method in METHODS.items():
-                    fn = jax.jit(
-                        lambda key: guidance.inpaint(
-                            key, sde, mix.score_fn(sde), x_known, mask, sampler, method=method
-                        )
-                    )
-                    x, nfe = fn(jax.random.PRNGKey(seed))
-                    w1 = float(metrics.wasserstein_1d(x[None, :, 1], exact, p=1)[0])
-                    rows.append(dict(a=a, sde=sde_name, sampler=sampler_name, method=method_name,
-                                     nfe=int(nfe), w1=w1, floor=floor))
-                    print(rows[-1], flush=True)
+    rows = []
+    for a, sde_name, sampler_name, method_name in itertools.product(KNOWN_VALUES, SDES, SAMPLERS, METHODS):
+        row = inpaint_once(SDES[sde_name], SAMPLERS[sampler_name], METHODS[method_name], a, n, seed)
+        rows.append(dict(a=a, sde=sde_name, sampler=sampler_name, method=method_name, **row))
+        print(rows[-1], flush=True)
+    return rows
+
+
+def equal_accuracy(n: int, seed: int = 0) -> list[dict]:
+    """Per known value, sampler family and method: the first rung of LADDERS whose W1 reaches TARGETS (VP)."""
+    families = {"PC": sd.samplers.PC(), "DPM-Solver++": sd.samplers.DPMSolverPP()}
+    methods = {name: method for name, method in METHODS.items() if name in EQUAL_ACCURACY_METHODS}
+    rows = []
+    for a, (family, base), (method_name, method) in itertools.product(
+        KNOWN_VALUES, families.items(), methods.items()
+    ):
+        for steps in LADDERS[family]:
+            row = inpaint_once(sd.VPSDE(), base.with_steps(steps), method, a, n, seed)
+            if row["w1"] <= TARGETS[a]:
+                break
+        rows.append(dict(a=a, sampler=family, steps=steps, method=method_name,
+                         reached=row["w1"] <= TARGETS[a], **row))
+        print(rows[-1], flush=True)
     return rows
 
 
@@ -135,12 +170,12 @@ def costs(case: Case, repeats: int) -> list[dict]:
     return out
 
 
-def report(w1_rows: list[dict], cost_rows: list[dict], load: str) -> str:
+def accuracy_report(w1_rows: list[dict]) -> list[str]:
     lines = ["## Inpainting: W1 of x_1 to the exact conditional (mixture_inpainting, x_0 = a known)", ""]
     samplers = list(SAMPLERS)
     for a in KNOWN_VALUES:
         sub = [r for r in w1_rows if r["a"] == a]
-        lines += [f"a = {a} (Monte Carlo floor {sub[0]['floor']:.3f})", "",
+        lines += [f"a = {a} (Monte Carlo floor {sub[0]['floor']:.3f}; SMCDiff on n / 4 examples)", "",
                   "| method | " + " | ".join(f"{s} {p}" for s in SDES for p in samplers) + " |",
                   "|---|" + "---:|" * (len(SDES) * len(samplers))]
         for m in METHODS:
@@ -148,25 +183,47 @@ def report(w1_rows: list[dict], cost_rows: list[dict], load: str) -> str:
                      for s in SDES for p in samplers]
             lines.append(f"| {m} | " + " | ".join(f"{c:.3f}" for c in cells) + " |")
         lines.append("")
-    lines += [f"## Cost per NFE (DDIM 50, VP, exact mixture, B = {cost_rows[0]['batch']}; load {load})", "",
-              "| score function | NFE | compile + first run (s) | median solve (s) | ms per NFE |",
-              "|---|---:|---:|---:|---:|"]
-    lines += [
+    return lines
+
+
+def equal_accuracy_report(rows: list[dict]) -> list[str]:
+    lines = ["## Inpainting at equal accuracy (VP): the fewest steps on the ladder that reach the target", ""]
+    for a in KNOWN_VALUES:
+        lines += [f"a = {a}, target W1 <= {TARGETS[a]}", "",
+                  "| method | sampler | steps | W1 | NFE | evaluations per example | solve (s) | examples |",
+                  "|---|---|---:|---:|---:|---:|---:|---:|"]
+        for r in (r for r in rows if r["a"] == a):
+            steps = r["steps"] if r["reached"] else f"not reached at {r['steps']}"
+            lines.append(f"| {r['method']} | {r['sampler']} | {steps} | {r['w1']:.3f} | {r['nfe']} | "
+                         f"{r['evaluations']} | {r['seconds']:.3f} | {r['n']} |")
+        lines.append("")
+    return lines
+
+
+def cost_report(cost_rows: list[dict], load: str) -> list[str]:
+    lines = [f"## Cost per NFE (DDIM 50, VP, exact mixture, B = {cost_rows[0]['batch']}; load {load})", "",
+             "| score function | NFE | compile + first run (s) | median solve (s) | ms per NFE |",
+             "|---|---:|---:|---:|---:|"]
+    return lines + [
         f"| {r['what']} | {r['nfe']} | {r['compile_s']:.2f} | {r['median_s']:.4f} | {r['ms_per_nfe']:.3f} |"
         for r in cost_rows
-    ]
-    return "\n".join(lines) + "\n"
+    ] + [""]
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--n", type=int, default=2000)
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--parts", default="cost,accuracy,equal", help="which tables, comma-separated")
     parser.add_argument("--out", default="docs/bench/guidance.md")
     args = parser.parse_args()
     load = " ".join(f"{v:.1f}" for v in os.getloadavg())
-    cost_rows = costs(exact_case(args.n), args.repeats)
-    text = report(inpainting_w1(args.n), cost_rows, load)
+    parts = {
+        "cost": lambda: cost_report(costs(exact_case(args.n), args.repeats), load),
+        "accuracy": lambda: accuracy_report(inpainting_w1(args.n)),
+        "equal": lambda: equal_accuracy_report(equal_accuracy(args.n)),
+    }
+    text = "\n".join(line for part in args.parts.split(",") for line in parts[part]())
     os.makedirs(os.path.dirname(args.out) or ".", exist_ok=True)
     with open(args.out, "w") as f:
         f.write(text)

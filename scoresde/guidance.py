@@ -7,8 +7,9 @@ Guidance turns one score function into another, so every sampler runs it unchang
 
 Inpainting and colorization fix part of the sample; they run as one per-step constraint inside the loop the
 fixed-step samplers share (`scoresde.samplers.constraints`), with the method a value: `Replacement`,
-`RePaint`, `PiGDM` or `SMCDiff` (the default). How closely each samples the exact conditional of a Gaussian
-mixture is measured in tests/test_guidance.py and README ("Guidance and inpainting").
+`RePaint`, `PiGDM` or `SMCDiff` (the default, `default_method`). How closely each samples the exact
+conditional of a Gaussian mixture is measured in tests/test_guidance.py and README ("Guidance and
+inpainting").
 """
 
 from __future__ import annotations
@@ -30,8 +31,17 @@ LogProbFn = Callable[[Array, Array], Array]
 CondScoreFn = Callable[[Array, Array, Any], Array]
 
 # Chosen by the W1 to the exact conditional on toy.mixture_inpainting (README, "Guidance and inpainting"):
-# the only method that conditions where the known part decides the mode; it needs a stochastic sampler (PC).
-DEFAULT_METHOD: Method = SMCDiff(num_particles=32)
+# SMCDiff is the only method that conditions where the known part decides the mode. Behind a sampler whose
+# every step draws noise it resamples at every step; behind a deterministic one, whose copies of a particle
+# never part again, only when the particles' effective size falls below half their number.
+DEFAULT_METHOD: Method = SMCDiff(num_particles=32, resample_below=1.0)
+ODE_DEFAULT_METHOD: Method = SMCDiff(num_particles=32, resample_below=0.5)
+
+
+def default_method(sampler: FixedStepSampler) -> Method:
+    """The inpainting method measured best behind `sampler`: DEFAULT_METHOD if its every step draws noise
+    (`stochastic`), else ODE_DEFAULT_METHOD."""
+    return DEFAULT_METHOD if sampler.stochastic else ODE_DEFAULT_METHOD
 
 
 def _check_scale(scale: float) -> None:
@@ -133,15 +143,15 @@ def _check_sampler(sampler: Any, method: Any) -> None:
         "scoresde.samplers but RK45 does (see samplers.base.scan_grid).",
     )
     require(
-        isinstance(method, Replacement),
+        method is None or isinstance(method, Replacement),
         f"method must be one of Replacement(), RePaint(resamplings=...), PiGDM(scale=...), "
         f"SMCDiff(num_particles=...); got {method!r}.",
     )
 
 
 def constrained_sample(
-    key: Array, sde: SDE, score_fn: ScoreFn, obs: Observation, sampler: FixedStepSampler, method: Method,
-    **sample_kwargs,
+    key: Array, sde: SDE, score_fn: ScoreFn, obs: Observation, sampler: FixedStepSampler,
+    method: Method | None, **sample_kwargs,
 ) -> tuple[Array, Array]:
     """Samples x: obs.values.shape under the observation; the known part comes back exactly (in the basis).
 
@@ -151,13 +161,14 @@ def constrained_sample(
     first evaluation run once, outside the constraint). PiGDM's vector-Jacobian products are not counted.
     """
     _check_sampler(sampler, method)
+    method = default_method(sampler) if method is None else method
     k_hook, k_sample = jax.random.split(key)
     p = method.particles
     obs_p = obs._replace(values=jnp.repeat(obs.values, p, axis=0), mask=jnp.repeat(obs.mask, p, axis=0))
     guided = method.guide(sde, score_fn, obs_p)
     x, nfe = samplers.sample(
         k_sample, sde, guided, obs_p.values.shape, sampler,
-        constraint=method.constraint(k_hook, sde, guided, obs_p), **sample_kwargs,
+        constraint=method.constraint(k_hook, sde, guided, obs_p, sampler), **sample_kwargs,
     )
     # After the last resampling the particles of an example are equally weighted: keep the first.
     return obs.write(x[::p], obs.values), method.nfe(nfe, sampler)
@@ -178,7 +189,7 @@ def _broadcast_mask(mask: Any, shape: tuple[int, ...]) -> Array:
 
 def inpaint(
     key: Array, sde: SDE, score_fn: ScoreFn, x_known: Array, mask: Array, sampler: FixedStepSampler, *,
-    method: Method = DEFAULT_METHOD, **sample_kwargs,
+    method: Method | None = None, **sample_kwargs,
 ) -> tuple[Array, Array]:
     """Fills in the unknown entries of x_known, sampling them from p(x | x[mask] = x_known[mask]).
 
@@ -188,8 +199,8 @@ def inpaint(
       x_known: [B, ...]; its entries where mask = 1 are kept, bitwise; the others are ignored.
       mask: [B, ...] or [...] (one mask for the batch), 1 = known, 0 = to fill in.
       sampler: a fixed-step sampler (PC, Euler, Heun, DDIM, DPMSolverPP, UniPC).
-      method: Replacement(), RePaint(resamplings=r), PiGDM(scale=...) or SMCDiff(num_particles=P), the
-        default, measured best; SMCDiff needs a stochastic sampler (PC) to keep its particles apart.
+      method: Replacement(), RePaint(resamplings=r), PiGDM(scale=...) or SMCDiff(num_particles=P,
+        resample_below=...); None: `default_method(sampler)`, SMCDiff as measured best behind it.
       **sample_kwargs: eps, denoise, axis_name, as for `sd.sample`.
 
     Returns:
@@ -222,7 +233,7 @@ def colour_observation(grey: Array) -> Observation:
 
 def colorize(
     key: Array, sde: SDE, score_fn: ScoreFn, grey: Array, sampler: FixedStepSampler, *,
-    method: Method = DEFAULT_METHOD, **sample_kwargs,
+    method: Method | None = None, **sample_kwargs,
 ) -> tuple[Array, Array]:
     """Colours a grey image: samples x from p(x | grey(x) = grey(input)), grey = the mean over channels.
 
@@ -251,6 +262,7 @@ def colorize(
 
 __all__ = [
     "DEFAULT_METHOD",
+    "ODE_DEFAULT_METHOD",
     "Observation",
     "PiGDM",
     "RePaint",
@@ -260,6 +272,7 @@ __all__ = [
     "classifier_guidance",
     "colorize",
     "colour_basis",
+    "default_method",
     "fused_classifier_free_guidance",
     "inpaint",
 ]

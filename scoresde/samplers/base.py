@@ -5,7 +5,7 @@ from __future__ import annotations
 import abc
 import dataclasses
 import operator
-from typing import Any, Callable
+from typing import Any, Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -20,10 +20,19 @@ Array = jax.Array
 
 
 StepFn = Callable[[Any, Array, Array, Array], Any]
-# A per-step constraint (inpainting, colorization: `scoresde.samplers.constraints`):
-# constraint(i, advance, x_t, t, s) -> the carry at s, where advance(x_t) runs the sampler's own step i from t
-# to s and returns its carry. The constraint may change the state before or after the step, or run it again.
-Constraint = Callable[[Array, Callable[[Array], Any], Array, Array, Array], Any]
+
+
+class Constraint(NamedTuple):
+    """A per-step constraint of the state (inpainting, colorization: `scoresde.samplers.constraints`).
+
+    hook(i, advance, x_t, t, s, aux) -> (the carry at s, aux), where advance(x_t) runs the sampler's own
+    step i from t to s and returns its carry. The hook may change the state before or after the step, or run
+    it again; aux is what it keeps from step to step (a particle filter's weights), any pytree, `aux` before
+    the first step.
+    """
+
+    hook: Callable[[Array, Callable[[Array], Any], Array, Array, Array, Any], tuple[Any, Any]]
+    aux: Any = ()
 
 
 class Sampler(abc.ABC):
@@ -108,6 +117,12 @@ class FixedStepSampler(Sampler):
     def nfe(self) -> int:
         """Score evaluations one solve makes: one per step, unless a sampler overrides this."""
         return self.num_steps
+
+    @property
+    def stochastic(self) -> bool:
+        """Whether every step draws fresh noise (`guidance.default_method` depends on it); Restart, which
+        draws it at its restarts only, does not."""
+        return False
 
     def constrained_cost(self) -> tuple[int, int]:
         """(steps of a solve that run through a constraint, score evaluations made inside them).
@@ -206,23 +221,23 @@ def scan_grid(step: StepFn, carry: Any, ts: Array, constraint: Constraint | None
     The times are cast once to the dtype of the carry's first leaf (the state x), so a float64 host grid never
     changes the carry's dtype. A carry is the sample x: [B, ...] itself, or a tuple whose first element is x
     (`state`) and whose other leaves are shaped like x or are histories [K, B, ...] of earlier evaluations
-    (`select`). With a `constraint`, each step runs through it instead:
-    carry = constraint(i, advance, x, t_i, t_{i+1}), where advance(x') is step i from the carry with its
-    sample replaced by x' (the history it extrapolates from is the carry's, made at the states the constraint
-    left after the earlier steps).
+    (`select`). With a `constraint`, each step runs through its hook instead:
+    carry, aux = constraint.hook(i, advance, x, t_i, t_{i+1}, aux), where advance(x') is step i from the carry
+    with its sample replaced by x' (the history it extrapolates from is the carry's, made at the states the
+    constraint left after the earlier steps).
     """
     ts = jnp.asarray(ts, jax.tree.leaves(carry)[0].dtype)
-
-    def body(carry, inputs):
-        i, t, s = inputs
-        if constraint is None:
-            return step(carry, i, t, s), None
-        advance = lambda x: step(with_state(carry, x), i, t, s)
-        return constraint(i, advance, state(carry), t, s), None
-
     steps = jnp.arange(ts.shape[0] - 1)
-    carry, _ = lax.scan(body, carry, (steps, ts[:-1], ts[1:]))
-    return carry
+    if constraint is None:
+        body = lambda carry, inputs: (step(carry, *inputs), None)
+        return lax.scan(body, carry, (steps, ts[:-1], ts[1:]))[0]
+
+    def constrained(both, inputs):
+        (carry, aux), (i, t, s) = both, inputs
+        advance = lambda x: step(with_state(carry, x), i, t, s)
+        return constraint.hook(i, advance, state(carry), t, s, aux), None
+
+    return lax.scan(constrained, (carry, constraint.aux), (steps, ts[:-1], ts[1:]))[0][0]
 
 
 def per_example(t: Array, x: Array) -> Array:

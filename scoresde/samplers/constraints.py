@@ -108,12 +108,14 @@ class Replacement:
         repeats the evaluations of the steps that run through the constraint."""
         return nfe + (self.takes - 1) * sampler.constrained_cost()[1]
 
-    def constraint(self, key: Array, sde: SDE, score_fn: ScoreFn, obs: Observation) -> Constraint:
+    def constraint(
+        self, key: Array, sde: SDE, score_fn: ScoreFn, obs: Observation, sampler: FixedStepSampler
+    ) -> Constraint:
         """The per-step hook: take the step, replace, and for RePaint carry back to t and take it again."""
 
-        del score_fn
+        del score_fn, sampler
 
-        def hook(i, advance, x, t, s):
+        def hook(i, advance, x, t, s, aux):
             key_i = jax.random.fold_in(key, i)
 
             def take(j, x_t):
@@ -123,9 +125,9 @@ class Replacement:
             def again(j, carry):
                 return take(j, renoise(jax.random.fold_in(key_i, 2 * j + 1), sde, state(carry), s, t))
 
-            return lax.fori_loop(1, self.takes, again, take(0, x))
+            return lax.fori_loop(1, self.takes, again, take(0, x)), aux
 
-        return hook
+        return Constraint(hook)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -184,22 +186,35 @@ def bridge_moments(sde: SDE, y_t: Array, y_0: Array, t: Array, s: Array) -> tupl
     return mean, sigma_ts**2 * sigma_s2 / sigma_t2
 
 
+def effective_size(log_w: Array) -> Array:
+    """The effective sample size (sum w)^2 / sum w^2 of each row of log-weights log_w: [B, P] -> [B]."""
+    w = jax.nn.softmax(log_w, axis=-1)
+    return 1.0 / jnp.sum(w**2, axis=-1)
+
+
 @dataclasses.dataclass(frozen=True)
 class SMCDiff(Replacement):
     """A particle filter over `particles` samples per example (Trippe et al. 2022, SMCDiff, Algorithm 1).
 
     The known part follows one forward-process path per example, drawn top-down by the bridge
-    y_s | y_t, y; particles are resampled at every step by how likely the model's own reverse kernel
-    N(bridge mean with x0 = E[x_0 | x_t], bridge variance) makes that path's next value y_s. As the particles
-    grow this samples p(x | y) for an exact score; the sampler's steps must be stochastic (PC), or copies of
-    a particle never part again.
+    y_s | y_t, y; each particle's weight is multiplied at every step by how likely the model's own reverse
+    kernel N(bridge mean with x0 = E[x_0 | x_t], bridge variance) makes that path's next value y_s. The
+    particles of an example are resampled when their effective sample size falls below `resample_below`
+    times their number (adaptive resampling, Doucet & Johansen 2009, Sec. 3.5; 1, the default, resamples at
+    every step, as SMCDiff's Algorithm 1) and at the last constrained step. As the particles grow this
+    samples p(x | y) for an exact score. Copies made by resampling part again only by the sampler's noise:
+    with a deterministic (ODE) sampler every resampling loses distinct particles for good, which adaptive
+    resampling limits.
     Costs `particles` times the batch and one more evaluation per constrained step (the weights).
     """
 
     num_particles: int = 32
+    resample_below: float = 1.0
 
     def __post_init__(self):
         _check_count(self, "num_particles", 2)
+        require(0 < self.resample_below <= 1,
+                f"SMCDiff: resample_below must lie in (0, 1]; got resample_below={self.resample_below!r}.")
 
     @property
     def particles(self) -> int:
@@ -208,14 +223,14 @@ class SMCDiff(Replacement):
     def nfe(self, nfe: Array, sampler: FixedStepSampler) -> Array:
         return nfe + sampler.constrained_cost()[0]
 
-    def constraint(self, key: Array, sde: SDE, score_fn: ScoreFn, obs: Observation) -> Constraint:
-        p = self.num_particles
+    def constraint(self, key, sde, score_fn, obs, sampler):
+        p, last = self.num_particles, sampler.constrained_cost()[0] - 1
 
         def shared_normal(key, x):
             """Noise shared by the particles of an example: [B * P, ...]."""
             return jnp.repeat(jax.random.normal(key, (x.shape[0] // p,) + x.shape[1:], x.dtype), p, axis=0)
 
-        def hook(i, advance, x, t, s):
+        def hook(i, advance, x, t, s, log_w):
             k_start, k_path, k_pick = jax.random.split(jax.random.fold_in(key, i), 3)
             tt = per_example(t, x)
             noise = shared_normal(k_start, x)
@@ -227,15 +242,18 @@ class SMCDiff(Replacement):
             y_s = path_mean + jnp.sqrt(var) * shared_normal(k_path, x)
             x0 = obs.to_basis(sde.data_prediction(score_fn, x, tt))
             model_mean, _ = bridge_moments(sde, y_t, x0, t, s)
-            log_w = -0.5 * jnp.sum(jnp.where(obs.mask > 0, (y_s - model_mean) ** 2 / var, 0.0),
-                                   axis=tuple(range(1, x.ndim)))
+            log_w = log_w - 0.5 * jnp.sum(jnp.where(obs.mask > 0, (y_s - model_mean) ** 2 / var, 0.0),
+                                          axis=tuple(range(1, x.ndim)))
             log_w = log_w.reshape(-1, p)
+            resample = (effective_size(log_w) < self.resample_below * p) | (i == last)  # [B]
             parents = jax.random.categorical(k_pick, log_w, shape=(p, log_w.shape[0])).T
+            parents = jnp.where(resample[:, None], parents, jnp.arange(p))
             index = (parents + p * jnp.arange(log_w.shape[0])[:, None]).reshape(-1)
             carry = select(advance(x), index)  # a multistep sampler's history goes with its particle
-            return with_state(carry, obs.write(state(carry), y_s))
+            log_w = jnp.where(resample[:, None], 0.0, log_w).reshape(-1)
+            return with_state(carry, obs.write(state(carry), y_s)), log_w
 
-        return hook
+        return Constraint(hook, jnp.zeros(obs.values.shape[:1], obs.values.dtype))
 
 
 Method = Replacement  # every method is one: its takes, particles, guide and constraint

@@ -111,6 +111,10 @@ class DDIM(FixedStepSampler):
         super().__post_init__()
         require(0 <= self.eta <= 1, f"DDIM: eta must lie in [0, 1]; got eta={self.eta!r}.")
 
+    @property
+    def stochastic(self) -> bool:
+        return self.eta > 0
+
     def solve_grid(self, key, sde, score_fn, x, ts, axis_name=None, constraint=None):
         def step(x, i, t, s):
             x0 = sde.data_prediction(score_fn, x, per_example(t, x))

@@ -100,6 +100,10 @@ class Heun(FixedStepSampler):
             f"Heun: need 0 <= s_tmin <= s_tmax; got s_tmin={self.s_tmin!r}, s_tmax={self.s_tmax!r}.",
         )
 
+    @property
+    def stochastic(self) -> bool:
+        return self.s_churn > 0
+
     def nfe(self) -> int:
         return 2 * self.num_steps - 1
 

@@ -166,6 +166,10 @@ class PC(FixedStepSampler):
 
         return step
 
+    @property
+    def stochastic(self) -> bool:
+        return self.predictor != "none" or self.corrector != "none"
+
     def nfe(self) -> int:
         """One evaluation per predictor step and one per corrector round, unless they are "none"."""
         per_step = PREDICTORS[self.predictor][1] + self.n_corrector_steps * CORRECTORS[self.corrector][1]

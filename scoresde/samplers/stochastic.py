@@ -87,6 +87,10 @@ class DPMSolverPPSDE(FixedStepSampler):
     def min_steps(self) -> int:
         return self.order
 
+    @property
+    def stochastic(self) -> bool:
+        return True
+
     def solve_grid(self, key, sde, score_fn, x, ts, axis_name=None, constraint=None):
         coefficients = sde_multistep_coefficients(sde, ts, self.order)
         c = {name: jnp.asarray(v, x.dtype) for name, v in coefficients.items()}
