@@ -157,8 +157,12 @@ class _Log:
             self._bar.write(text)
 
     def write(self, step: int, **metrics: float) -> None:
-        self._file.write(json.dumps({"step": step, **metrics}) + "\n")
-        self._file.flush()
+        try:
+            self._file.write(json.dumps({"step": step, **metrics}) + "\n")
+            self._file.flush()
+        except OSError as error:  # a full disk; a line cut short is dropped on resume
+            raise OSError(f"{self._file.name} could not be appended to ({error}); the checkpoints saved "
+                          f"before are intact.") from error
 
     def training(self, step: int, losses: np.ndarray, batch_size: int, count_skipped: bool) -> None:
         """The mean of the finite `losses` of the steps since the last line (and, if `count_skipped`, how
@@ -274,7 +278,7 @@ def run(
     snapshot_samples = (sampling_fn(experiment, t.batch_size, experiment.snapshot_sampler)
                         if experiment.snapshots_sample else None)
     step = saved = int(state.step)
-    last_saved = f"step {step}'s" if restored is not None else "none (no checkpoint was saved yet)"
+    last_saved = "none (none was saved yet)" if restored is None else f"the step-{step} one it resumed from"
     log = _Log(workdir, step, t.n_iters, progress)
     losses, window_start = [], step
     try:
@@ -298,12 +302,12 @@ def run(
                     key = jax.random.PRNGKey(step)
                     log.write(step, eval_loss=float(eval_loss(state.ema_params, key, test)))
                 path = _checkpoint(experiment, workdir, checkpoints, state, step, snapshot_samples, log)
-                saved, last_saved = (step, str(path)) if path else (saved, last_saved)
+                saved, last_saved = (step, f"in {path}") if path else (saved, last_saved)
             if stop.received is not None:
-                path = checkpoints.save(step, state, snapshot=False) if step > saved else last_saved
+                where = (f"in {checkpoints.save(step, state, snapshot=False)}" if step > saved
+                         else last_saved)
                 checkpoints.wait()
-                print(f"{stop.received}: stopped at step {step}; its checkpoint is in {path}",
-                      file=sys.stderr)
+                print(f"{stop.received}: stopped at step {step}; its checkpoint is {where}", file=sys.stderr)
     finally:
         log.close()
         checkpoints.close()

@@ -5,6 +5,7 @@ naming the directory, and the checkpoint before it stays intact."""
 import errno
 import pathlib
 import subprocess
+import warnings
 
 import numpy as np
 import pytest
@@ -50,27 +51,50 @@ def test_a_writer_that_fails_midway_leaves_the_previous_file_whole(kind, tmp_pat
 
 
 @pytest.fixture
-def small_tmpfs(tmp_path):
-    """A 300 kB tmpfs (room for the tiny MLP's config and one checkpoint, not two), where mounting is
-    allowed (root); else the test is skipped."""
-    mount = tmp_path / "small"
-    mount.mkdir()
-    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=300k", "tmpfs", str(mount)],
-                      capture_output=True).returncode:
-        pytest.skip("mounting a tmpfs is not allowed here")
+def tmpfs(tmp_path):
+    """size -> a tmpfs of that size, where mounting is allowed (root); else the test is skipped."""
+    mounted = []
+
+    def mount(size: str) -> pathlib.Path:
+        path = tmp_path / f"tmpfs{len(mounted)}"
+        path.mkdir()
+        if subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)],
+                          capture_output=True).returncode:
+            pytest.skip("mounting a tmpfs is not allowed here")
+        mounted.append(path)
+        return path
+
     yield mount
-    subprocess.run(["umount", str(mount)], check=True)
+    for path in mounted:
+        subprocess.run(["umount", str(path)], check=True)
 
 
-def test_a_full_disk_fails_the_save_in_one_error_and_keeps_the_checkpoint_before(small_tmpfs):
+def test_a_full_disk_fails_the_save_in_one_error_and_keeps_the_checkpoint_before(tmpfs):
     overrides = {"training.n_iters": 40, "training.snapshot_freq": 20,
                  "training.snapshot_freq_for_preemption": 2, "training.snapshot_sampling": False}
     experiment = experiment_lib.build_experiment(config_lib.from_config_dict(tiny_runs.tiny_mlp(**overrides)))
-    workdir = small_tmpfs / "run"
-    with pytest.raises(OSError, match=rf"a checkpoint could not be written into {workdir}/checkpoints.*"
-                                      r"No space left on device.*the checkpoints saved before it are intact"):
+    workdir = tmpfs("300k") / "run"  # room for the config and one checkpoint, not two
+    # Which write meets the full disk first, a checkpoint's or a metrics line, depends on the timing.
+    written = rf"(a checkpoint could not be written into {workdir}/checkpoints(-meta)?|"
+    appended = rf"{workdir}/metrics.jsonl could not be appended to)"
+    with pytest.raises(OSError, match=rf"{written}{appended} .*No space left on device.*checkpoints saved"):
         train.run(experiment, workdir, progress=False)
-    with pytest.warns(checkpoint.DamagedCheckpointWarning, match=r"checkpoints-meta/4.orbax-checkpoint-tmp "
-                                                                 r"\(an unfinished save"):
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
         restored = checkpoint.restore_latest(workdir, train.abstract_state(experiment, parallel.data_mesh()))
-    assert int(restored.step) == 2
+    assert int(restored.step) >= 2
+    assert all("an unfinished save" in str(w.message) and "unreadable" not in str(w.message) for w in caught)
+
+
+def test_a_read_only_workdir_fails_in_one_error_and_keeps_its_checkpoints(tmpfs):
+    experiment = experiment_lib.build_experiment(config_lib.from_config_dict(tiny_runs.tiny_mlp(
+        **{"training.snapshot_sampling": False})))
+    workdir = tmpfs("4m") / "run"
+    train.run(experiment, workdir, progress=False)
+    subprocess.run(["mount", "-o", "remount,ro", str(workdir.parent)], check=True)
+    longer = experiment_lib.build_experiment(config_lib.from_config_dict(tiny_runs.tiny_mlp(
+        **{"training.snapshot_sampling": False, "training.n_iters": 8})))
+    with pytest.raises(OSError, match="Read-only file system"):
+        train.run(longer, workdir, resume=True, progress=False)
+    restored = checkpoint.restore_latest(workdir, train.abstract_state(experiment, parallel.data_mesh()))
+    assert int(restored.step) == 4

@@ -47,7 +47,7 @@ def test_a_nonfinite_loss_stops_training_naming_the_step_and_the_intact_checkpoi
         value, tmp_path, monkeypatch):
     experiment = _experiment()
     _poison(monkeypatch, BAD_STEPS[:1], value)
-    message = (r"step 11: the loss or its gradients are not finite .* The last good checkpoint is "
+    message = (r"step 11: the loss or its gradients are not finite .* The last good checkpoint is in "
                rf"{tmp_path}/checkpoints-meta/8\. .*training.skip_nonfinite=True")
     with pytest.raises(FloatingPointError, match=message):
         train.run(experiment, tmp_path, progress=False)
