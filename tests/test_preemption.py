@@ -1,6 +1,7 @@
 """Tests for stopping and resuming `train.run` (scoresde/train.py): SIGTERM and SIGINT save a checkpoint and
-return, a second signal ends the process at once, and a resumed run repeats an uninterrupted one bit for bit;
-same config and seed give the same checkpoint in two fresh processes.
+return, a second signal ends the process at once, and a resumed run repeats an uninterrupted one bit for bit,
+also when it resumes past a damaged newest checkpoint; same config and seed give the same checkpoint in two
+fresh processes.
 
 Signals are sent from inside the loop (when it builds the batches of a chosen dispatch), so each test stops at
 a known moment in this process; the CLI cases run `python -m scoresde train` in a subprocess.
@@ -8,6 +9,7 @@ a known moment in this process; the CLI cases run `python -m scoresde train` in 
 
 import json
 import os
+import shutil
 import pathlib
 import signal
 import subprocess
@@ -44,8 +46,13 @@ def experiment():
 
 
 @pytest.fixture(scope="module")
-def uninterrupted(experiment, tmp_path_factory):
-    return train.run(experiment, tmp_path_factory.mktemp("whole"), progress=False)
+def whole_run(tmp_path_factory):
+    return tmp_path_factory.mktemp("whole")
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(experiment, whole_run):
+    return train.run(experiment, whole_run, progress=False)
 
 
 def _signal_at(monkeypatch, dispatch: int, number: int, times: dict) -> None:
@@ -79,6 +86,16 @@ def test_a_signalled_run_saves_its_step_and_resumes_bitwise(
     assert seconds < 5.0, seconds  # one dispatch and one checkpoint write
     assert [signal.getsignal(n) for n in (signal.SIGTERM, signal.SIGINT)] == handlers
     resumed = train.run(experiment, tmp_path, progress=False)
+    assert _leaves_equal(resumed, uninterrupted)
+
+
+def test_a_run_whose_newest_checkpoint_is_damaged_resumes_from_the_one_before_to_the_same_bits(
+        experiment, uninterrupted, whole_run, tmp_path):
+    workdir = pathlib.Path(shutil.copytree(whole_run, tmp_path / "run"))
+    newest = workdir / checkpoint.SNAPSHOTS / "40"
+    max((newest / "default" / "d").iterdir(), key=lambda p: p.stat().st_size).write_bytes(b"")
+    with pytest.warns(checkpoint.DamagedCheckpointWarning, match="skipped checkpoints/40 .*moved the dam"):
+        resumed = train.run(experiment, workdir, progress=False)  # from checkpoints-meta/30
     assert _leaves_equal(resumed, uninterrupted)
 
 
