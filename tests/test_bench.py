@@ -297,6 +297,7 @@ def test_quick_cli_writes_a_reproducible_report(tmp_path):
     assert all(r["nfe"] <= r["nfe_target"] for r in payloads[0]["records"])
 
 
+@pytest.mark.slow
 def test_fitted_grids_are_judged_on_other_paths(tmp_path):
     """`bench samplers --fit`: each deterministic sampler also runs on a grid fitted to other paths, which
     beats its named grid on the benchmark's paths, fitted once per spec whatever other named grids it also

@@ -73,6 +73,7 @@ def test_sample_writes_npz_and_png_with_any_sampler(trained, monkeypatch, capsys
         assert (trained / "samples" / f"samples_4_{sampler}.png").is_file()
 
 
+@pytest.mark.slow
 def test_eval_records_what_made_its_figures(trained, tmp_path, monkeypatch, capsys):
     workdir = pathlib.Path(shutil.copytree(trained, tmp_path / "run"))
     code, out, err = scoresde(monkeypatch, capsys, "eval", f"--workdir={workdir}", "--num_samples=64")
@@ -284,6 +285,7 @@ def test_verbose_shows_the_traceback(tmp_path, monkeypatch, capsys):
                  "--config.model.name=mlpp", "--verbose")
 
 
+@pytest.mark.slow
 def test_batch_not_divisible_by_the_device_count(tmp_path):
     env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=2", **tiny_runs.CACHE_ENV)
     workdir = tmp_path / "run"

@@ -14,6 +14,9 @@ from test_cli import TINY_MLP_FLAGS, _NoCapture, _snapshot, scoresde
 
 import tiny_runs
 
+# Training the colour NCSN++ dominates: the whole module belongs to the slow set.
+pytestmark = pytest.mark.slow
+
 SIZE = 8
 COLOUR_FLAGS = ["--config=configs/digits/ddpmpp.py", "--noprogress",
                 *tiny_runs.flags({**tiny_runs.TINY_NCSNPP, "data.num_channels": 3})]

@@ -28,6 +28,8 @@ from scoresde.models import build_model
 import tiny_runs
 from test_cli import TINY_MLP_FLAGS, _NoCapture, _snapshot, scoresde
 
+import marks
+
 NUM_CLASSES = 3
 X_POINTS = jnp.asarray(np.random.default_rng(0).normal(size=(6, 2)), jnp.float32)
 LABELS = jnp.array([0, 1, 2, 0, 1, 2])
@@ -76,7 +78,7 @@ def test_an_unconditional_network_draws_todays_parameters():
         np.testing.assert_array_equal(value, flat_c[key])
 
 
-@pytest.mark.parametrize("name", list(TINY_NETWORKS))
+@pytest.mark.parametrize("name", marks.fast_first(TINY_NETWORKS))
 def test_labels_reach_the_network_and_none_is_the_null_class(name):
     model, shapes, x = _shapes(name, NUM_CLASSES)
     rng = np.random.default_rng(0)
@@ -231,6 +233,7 @@ def test_a_conditional_model_needs_labels_in_its_range(tmp_path):
         experiment_lib.build_experiment(config_lib.from_dict(digits))
 
 
+@pytest.mark.slow
 def test_a_run_written_before_the_condition_slot_restores_and_resumes(tmp_path):
     experiment = experiment_lib.build_experiment(config_lib.from_config_dict(tiny_runs.tiny_mlp()))
     train.run(experiment, tmp_path / "run", progress=False)

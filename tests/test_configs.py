@@ -13,6 +13,8 @@ from scoresde import samplers, sde as sde_lib
 
 import tiny_runs
 
+import marks
+
 CIFAR10_PARAMETERS = {
     "cifar10/ve_ncsnpp_continuous": 62_758_915,
     "cifar10/ve_ncsnpp_deep_continuous": 107_587_075,
@@ -31,7 +33,7 @@ def _config(path, *args) -> config_lib.Config:
     return config_lib.from_config_dict(tiny_runs.load(path, *args))
 
 
-@pytest.mark.parametrize("path", list(CIFAR10_PARAMETERS))
+@pytest.mark.parametrize("path", marks.fast_first(CIFAR10_PARAMETERS))
 def test_cifar10_config_builds_the_reference_network(path):
     config = _config(path)
     shapes = jax.eval_shape(config.model.build_model().init, jax.random.key(0), jnp.zeros((1, 32, 32, 3)),

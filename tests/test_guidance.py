@@ -17,6 +17,8 @@ from checks import assert_matches_gaussian, count_calls
 from scoresde import metrics, toy
 from scoresde.samplers.constraints import PiGDM, RePaint, Replacement, SMCDiff
 
+import marks
+
 SDES = {"vp": sd.VPSDE(), "subvp": sd.SubVPSDE(), "ve": sd.VESDE()}
 S = sd.samplers
 MIX_2D = toy.mixture_2d()
@@ -60,7 +62,7 @@ def share_of_component(x, k=K):
     return float(jnp.mean(jnp.argmax(MIX_2D.responsibilities(x), axis=-1) == k))
 
 
-@pytest.mark.parametrize("sde_name", SDES)
+@pytest.mark.parametrize("sde_name", marks.fast_first(SDES))
 def test_exact_classifier_guidance_is_the_component_score(sde_name):
     sde = SDES[sde_name]
     x = 1.5 * MIX_2D.sample(jax.random.PRNGKey(1), 64)
@@ -70,7 +72,7 @@ def test_exact_classifier_guidance_is_the_component_score(sde_name):
     np.testing.assert_allclose(posterior_guided(sde)(x, t), want, rtol=1e-3, atol=atol)
 
 
-@pytest.mark.parametrize("sde_name, sampler_name", list(itertools.product(SDES, GUIDE_SAMPLERS)))
+@pytest.mark.parametrize("sde_name, sampler_name", marks.fast_first(itertools.product(SDES, GUIDE_SAMPLERS)))
 def test_exact_classifier_guidance_samples_the_component(sde_name, sampler_name):
     sde = SDES[sde_name]
     x = draw(sde, posterior_guided(sde), GUIDE_SAMPLERS[sampler_name])
@@ -139,7 +141,7 @@ def check_default(sde_name, a, sampler=SMC_SAMPLER):
     assert dist < 0.3 and dist < 3 * floor + 0.1, (dist, floor)
 
 
-@pytest.mark.parametrize("a", [0.0, 0.5])
+@pytest.mark.parametrize("a", marks.fast_first([0.0, 0.5]))
 def test_default_inpainting_samples_the_exact_conditional_vp(a):
     """x_0 = 0 sits at a mode (x_1 = +1.5, 97%); x_0 = 0.5 between two (x_1 = +-1.5, 50:50)."""
     check_default("vp", a)
@@ -178,7 +180,7 @@ def test_default_inpainting_with_ddim(sde_name):
     check_default(sde_name, 0.0, ODE_SMC_SAMPLERS["ddim"])
 
 
-@pytest.mark.parametrize("sampler_name", INPAINT_SAMPLERS)
+@pytest.mark.parametrize("sampler_name", marks.fast_first(INPAINT_SAMPLERS))
 def test_replacement_misses_a_one_mode_conditional(sampler_name):
     """At x_0 = 0 replacement leaves ~40% of x_1 at -1.5, the unconditional share: W1 about 1."""
     dist, floor = inpaint_w1("vp", INPAINT_SAMPLERS[sampler_name], Replacement(), 0.0)
@@ -252,7 +254,7 @@ def colour_mixture():
     return toy.GaussianMixture.create([0.4, 0.4, 0.2], means, covs)
 
 
-@pytest.mark.parametrize("sde_name", SDES)
+@pytest.mark.parametrize("sde_name", marks.fast_first(SDES))
 def test_colorize_keeps_grey_and_follows_the_exact_conditional(sde_name):
     sde, mix, q, n = SDES[sde_name], colour_mixture(), sd.guidance.colour_basis(3), SMC_N
     grey_value = 0.0  # the grey of the first two modes: their hue is what the sampler must choose

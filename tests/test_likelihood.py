@@ -12,6 +12,8 @@ import scoresde as sd
 from checks import count_calls
 from scoresde import likelihood, toy
 
+import marks
+
 SDES = {"vp": sd.VPSDE(), "subvp": sd.SubVPSDE(), "ve": sd.VESDE()}
 MIX_2D = toy.mixture_2d()
 # The default tolerances (1e-5) leave up to ~4e-3 nats/dim on the sharpest examples and ~3e-4 relative error
@@ -50,7 +52,7 @@ def prior_mismatch(sde_name):
     return closed_form(sde_name, z, sde.T) - sde.prior_logp(z)
 
 
-@pytest.mark.parametrize("sde_name", SDES)
+@pytest.mark.parametrize("sde_name", marks.fast_first(SDES))
 def test_exact_divergence_matches_closed_form(sde_name):
     sde, x = SDES[sde_name], data(sde_name)
     logp, nfe = likelihood_fn(sde_name, "exact")(jax.random.PRNGKey(1), x)
@@ -84,7 +86,7 @@ def hutchinson_deviations(divergence, num_probes, repeats=64):
 
 @pytest.mark.parametrize(
     "divergence, num_probes",
-    [("rademacher", 1), ("rademacher", 4), pytest.param("gaussian", 1, marks=pytest.mark.slow)],
+    marks.fast_first([("rademacher", 1), ("rademacher", 4), ("gaussian", 1)]),
 )
 def test_hutchinson_estimate_is_unbiased(divergence, num_probes):
     """Per example, the mean of 64 independent estimates is the exact-divergence value within 5 std. errors.

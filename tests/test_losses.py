@@ -21,6 +21,8 @@ import pytest
 from scoresde import losses, toy
 from scoresde.sde import SubVPSDE, VESDE, VPSDE, batch_broadcast
 
+import marks
+
 SDES = {"vpsde": VPSDE(), "subvpsde": SubVPSDE(), "vesde": VESDE()}
 LOSSES = ["dsm", "dsm_likelihood", "dsm_likelihood_importance", "ddpm", "smld"]
 MIX = toy.mixture_2d()
@@ -86,7 +88,7 @@ def _slope_z_scores(b):
 
 
 @pytest.mark.parametrize("loss_name", LOSSES)
-@pytest.mark.parametrize("sde_name", list(SDES))
+@pytest.mark.parametrize("sde_name", marks.fast_first(SDES))
 def test_exact_score_minimises_the_loss(sde_name, loss_name):
     b, c, per_example = _quadratic_terms_of_every_loss(sde_name)[loss_name]
     means = np.asarray(per_example).mean(axis=-1)
@@ -109,7 +111,7 @@ def test_a_wrong_score_is_detected():
 VARIANCE_RATIO_BOUND = {"vpsde": 0.2, "subvpsde": 0.2, "vesde": 1.1}
 
 
-@pytest.mark.parametrize("sde_name", list(SDES))
+@pytest.mark.parametrize("sde_name", marks.fast_first(SDES))
 def test_importance_sampling_keeps_the_likelihood_weighted_expectation(sde_name):
     # eps = 1e-3 keeps the uniform-t estimator's variance (weight ~ 1/t for VP) finite enough to compare.
     sde, n = SDES[sde_name], 50 * CHUNK

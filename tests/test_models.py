@@ -17,6 +17,8 @@ from scoresde.models import DDPM, NCSNpp, ScoreMLP, build_model
 from scoresde.models.layers import GaussianFourierProjection, sinusoidal_embedding
 from scoresde.models.resample import fir_conv_2d, resample_2d
 
+import marks
+
 # --------------------------------------------------------------------- CIFAR-10 configurations of the paper
 # Option values from yang-song/score_sde configs/{ve,vp,subvp}/cifar10_*_continuous.py,
 # configs/vp/ddpm/cifar10.py and configs/default_cifar10_configs.py (dropout 0.1); all conditional, swish.
@@ -64,7 +66,7 @@ def rbg_key(seed):
     return jax.random.key(seed, impl="rbg")
 
 
-@pytest.mark.parametrize("config", list(CIFAR10_PARAM_COUNTS))
+@pytest.mark.parametrize("config", marks.fast_first(CIFAR10_PARAM_COUNTS))
 def test_cifar10_parameter_count_matches_reference(config):
     name, options, expected = CIFAR10_PARAM_COUNTS[config]
     model = build_model(name, **options)

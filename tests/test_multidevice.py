@@ -17,6 +17,7 @@ def run_script(*args: str) -> None:
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
 
 
+@pytest.mark.slow
 def test_pmap_and_sharded_jit_sample_the_2d_mixture():
     run_script("mixture_2d")
 

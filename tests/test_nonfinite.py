@@ -67,6 +67,7 @@ def test_skip_nonfinite_skips_and_counts_the_steps(tmp_path, monkeypatch):
     assert all(np.all(np.isfinite(leaf)) for leaf in jax.tree_util.tree_leaves(state))
 
 
+@pytest.mark.slow
 def test_a_skipped_step_leaves_the_state_as_it_was():
     experiment = _experiment(**{"training.skip_nonfinite": True})
     state = train.initial_state(experiment)

@@ -12,6 +12,8 @@ from checks import assert_matches_mixture, count_calls, exact_draws
 from scoresde import toy
 from scoresde.samplers.pc import CORRECTORS, PREDICTORS
 
+import marks
+
 SDES = {"vp": sd.VPSDE(), "subvp": sd.SubVPSDE(), "ve": sd.VESDE()}
 MIX_2D = toy.mixture_2d()
 N = 4000
@@ -52,7 +54,7 @@ def test_corrector_only_samples_the_mixture(sde_name, corrector):
 
 @pytest.mark.parametrize(
     "sde_name, predictor",
-    [("vp", "reverse_diffusion"), ("subvp", "ancestral"), ("ve", "euler_maruyama")],
+    marks.fast_first([("vp", "reverse_diffusion"), ("subvp", "ancestral"), ("ve", "euler_maruyama")]),
 )
 def test_image_shaped_mixture(sde_name, predictor):
     mix = toy.mixture_image()

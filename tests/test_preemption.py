@@ -23,6 +23,7 @@ import pytest
 
 from scoresde import checkpoint, config as config_lib, experiment as experiment_lib, parallel, train
 
+import marks
 import tiny_runs
 
 ROOT = pathlib.Path(__file__).parents[1]
@@ -69,7 +70,7 @@ def _signal_at(monkeypatch, dispatch: int, number: int, times: dict) -> None:
     monkeypatch.setattr(train, "_batches", signalling)
 
 
-@pytest.mark.parametrize("dispatch", SIGNAL_DISPATCHES)
+@pytest.mark.parametrize("dispatch", marks.fast_first(SIGNAL_DISPATCHES))
 def test_a_signalled_run_saves_its_step_and_resumes_bitwise(
         dispatch, experiment, uninterrupted, tmp_path, monkeypatch, capfd):
     number = signal.SIGINT if dispatch % 2 else signal.SIGTERM

@@ -171,6 +171,7 @@ def fitting_problem():
     return sde, score_fn, x[:256], ref[:256], x[256:], ref[256:]
 
 
+@pytest.mark.slow
 def test_a_fitted_grid_beats_the_named_one_on_other_paths(fitting_problem):
     sde, score_fn, x_fit, ref_fit, x_test, ref_test = fitting_problem
     sampler = sd.samplers.UniPC(num_steps=5)
