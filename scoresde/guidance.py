@@ -32,16 +32,24 @@ CondScoreFn = Callable[[Array, Array, Any], Array]
 
 # Chosen by the W1 to the exact conditional on toy.mixture_inpainting (README, "Guidance and inpainting"):
 # SMCDiff is the only method that conditions where the known part decides the mode. Behind a sampler whose
-# every step draws noise it resamples at every step; behind a deterministic one, whose copies of a particle
-# never part again, only when the particles' effective size falls below half their number.
+# every step draws noise it resamples at every step, up to EVERY_STEP_MAX constrained steps; behind a
+# deterministic one, whose copies of a particle never part again, and behind longer stochastic runs, only
+# when the particles' effective size falls below half their number.
 DEFAULT_METHOD: Method = SMCDiff(num_particles=32, resample_below=1.0)
 ODE_DEFAULT_METHOD: Method = SMCDiff(num_particles=32, resample_below=0.5)
+# Multinomial resampling is a neutral (Wright-Fisher) drift: P particles resampled under equal weights descend
+# from one ancestor after about 2 P resamplings. Past twice that, every-step resampling fixes each example's
+# particles on a mode before the weights that tell the modes apart arrive.
+EVERY_STEP_MAX = 4 * DEFAULT_METHOD.num_particles
 
 
 def default_method(sampler: FixedStepSampler) -> Method:
-    """The inpainting method measured best behind `sampler`: DEFAULT_METHOD if its every step draws noise
-    (`stochastic`), else ODE_DEFAULT_METHOD."""
-    return DEFAULT_METHOD if sampler.stochastic else ODE_DEFAULT_METHOD
+    """The inpainting method measured best behind `sampler`: DEFAULT_METHOD (resampling at every step) if its
+    every step draws noise (`stochastic`) and at most EVERY_STEP_MAX steps run through the constraint
+    (`constrained_cost`), else ODE_DEFAULT_METHOD (adaptive resampling), whose number of resamplings follows
+    the information in the weights rather than the number of steps."""
+    every_step = sampler.stochastic and sampler.constrained_cost()[0] <= EVERY_STEP_MAX
+    return DEFAULT_METHOD if every_step else ODE_DEFAULT_METHOD
 
 
 def _check_scale(scale: float) -> None:
