@@ -14,11 +14,8 @@ from __future__ import annotations
 
 import functools
 import json
-import os
 import pathlib
-import signal
 import sys
-import threading
 import time
 from typing import Any, Callable
 
@@ -32,6 +29,7 @@ from jax import lax
 from tqdm import tqdm
 
 from scoresde import checkpoint, parallel
+from scoresde.stopping import StopSignals
 from scoresde import data as data_lib
 from scoresde import workdir as workdir_lib
 from scoresde.experiment import Experiment, abstract, init_params, sampling_fn, write_samples_png
@@ -189,37 +187,6 @@ def _batches(dataset: data_lib.Dataset, first_step: int, n: int, batch_size: int
     return jax.tree_util.tree_map(lambda *leaves: np.stack(leaves), *batches)
 
 
-class _StopSignals:
-    """SIGTERM and SIGINT ask the training loop to stop after the dispatch in flight (a preemption notice, a
-    Ctrl-C); the handlers then fall back to the system's, so a second signal ends the process at once
-    (orbax renames a checkpoint into place only when it is complete, so that corrupts nothing).
-
-    Handlers can only be installed in the main thread; elsewhere signals keep their handlers.
-    """
-
-    SIGNALS = (signal.SIGTERM, signal.SIGINT)
-
-    def __init__(self):
-        self.received: str | None = None
-        self._previous: dict = {}
-
-    def __enter__(self) -> "_StopSignals":
-        if threading.current_thread() is threading.main_thread():
-            self._previous = {number: signal.signal(number, self._handle) for number in self.SIGNALS}
-        return self
-
-    def _handle(self, number: int, frame: Any) -> None:
-        self.received = signal.Signals(number).name
-        for other in self.SIGNALS:
-            signal.signal(other, signal.SIG_DFL)
-        os.write(2, f"\n{self.received}: saving a checkpoint after this step; a second signal stops at "
-                    f"once.\n".encode())
-
-    def __exit__(self, *exc: Any) -> None:
-        for number, handler in self._previous.items():
-            signal.signal(number, handler)
-
-
 def _check_finite(losses: np.ndarray, first_step: int, last_saved: str) -> None:
     """FloatingPointError naming the first step whose loss or gradients were not finite (a NaN loss)."""
     bad = np.flatnonzero(~np.isfinite(losses))
@@ -282,7 +249,7 @@ def run(
     log = _Log(workdir, step, t.n_iters, progress)
     losses, window_start = [], step
     try:
-        with _StopSignals() as stop:
+        with StopSignals("saving a checkpoint after this step") as stop:
             while step < t.n_iters and stop.received is None:
                 local = _batches(experiment.dataset, step, t.n_jitted_steps, t.batch_size)
                 state, chunk_losses = steps(state, parallel.shard_batch(local, mesh, batch_axis=1))
