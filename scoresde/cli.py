@@ -6,8 +6,8 @@ Verbs:
            over).
   sample   with --workdir: draw samples from the newest checkpoint's EMA parameters with any sampler
            (--sampler, --num_steps), of a class-conditional run's class --class_label, optionally with
-           classifier-free --guidance_scale; without it: from the exact score of a named Gaussian-mixture
-           --problem. Writes samples .npz and a PNG.
+           classifier-free --guidance_scale, --batch_size examples at a time, resumable; without it: from
+           the exact score of a named Gaussian-mixture --problem. Writes samples .npz and a PNG.
   inpaint  with --workdir, --input and --mask: fill in the unknown entries (mask 0) of the examples in --input
            by sampling the run's model conditioned on the known ones (`scoresde.guidance.inpaint`).
   colorize with --workdir and --input: colour grey images with the run's colour model, keeping their grey
@@ -27,8 +27,9 @@ Bad input (unknown names or config keys, unreadable data, a batch that does not 
 workdir holding another run, a damaged checkpoint with no intact one beside it) gives one line on stderr and
 exit status 2; --verbose shows the traceback. A NaN or Inf loss stops `train` with one line and status 1.
 SIGTERM or SIGINT (Ctrl-C) during `train` saves a checkpoint at the current step and exits 0 (a second signal
-ends it at once); during another verb it exits 130, and as every file is written under a temporary name and
-renamed, none is left half-written.
+ends it at once); during `sample --workdir` it keeps the chunks drawn (`scoresde.chunks`) and exits 0, the
+same command continuing from them; during another verb it exits 130. As every file is written under a
+temporary name and renamed, none is left half-written.
 """
 
 from __future__ import annotations
@@ -47,7 +48,7 @@ import numpy as np
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from scoresde import atomic, checkpoint, config as config_lib
+from scoresde import atomic, checkpoint, chunks, config as config_lib
 from scoresde.bench import command as bench_command
 from scoresde import evaluation, guidance, observations, parallel, plots, samplers, sde as sde_lib, toy, train
 from scoresde import experiment as experiment_lib
@@ -104,6 +105,9 @@ flags.DEFINE_integer("num_steps", 500, "Sampler steps; with --workdir the config
                      "default.")
 flags.DEFINE_integer("num_samples", 2000, "Number of samples; with --workdir the config's eval.num_samples "
                      "by default; bench samplers: paths per sampler (default 4000, with --workdir 1000).")
+flags.DEFINE_integer("batch_size", None, "sample --workdir: examples per chunk, kept as each finishes "
+                     "(default the config's eval.batch_size, which also sets how many are computed at once); "
+                     "the samples do not depend on it.")
 flags.DEFINE_string("input", None, "inpaint, colorize: the examples to complete, a PNG or an .npz with an "
                     "array x, one example or a batch [N, ...] (images uint8 or in [0, 1]).")
 flags.DEFINE_string("mask", None, "inpaint: what is known, a PNG of black (unknown) and white (known) pixels "
@@ -197,25 +201,45 @@ def _class_condition() -> tuple[dict, str]:
 
 
 def sample_workdir() -> None:
-    """Samples the newest checkpoint of --workdir; writes samples_<step>_<sampler>[_class<K>[_w<W>]].npz and
-    .png."""
+    """Samples the newest checkpoint of --workdir --batch_size at a time (`scoresde.chunks`); writes
+    samples_<step>_<sampler>[_class<K>[_w<W>]].npz and .png, or keeps the chunks drawn when stopped."""
     _refuse_problem_flags()
     workdir = pathlib.Path(FLAGS.workdir)
     condition, suffix = _class_condition()
     experiment, state = experiment_lib.restore(workdir)
     sampler = _workdir_sampler(experiment)
     num_samples = _num_samples(experiment.config.eval.num_samples)
-    draw = experiment_lib.sampling_fn(experiment, num_samples, sampler, guidance_scale=FLAGS.guidance_scale)
-    x, nfe = draw(state.ema_params, jax.random.PRNGKey(FLAGS.seed), FLAGS.class_label)
-    _check_finite(x, "samples")
-    out = pathlib.Path(_given("outdir", workdir / workdir_lib.SAMPLES_DIR))
-    out.mkdir(parents=True, exist_ok=True)
+    source = "--batch_size" if FLAGS["batch_size"].present else "eval.batch_size of the run's config"
+    batch_size = chunks.check_batch_size(_given("batch_size", experiment.config.eval.batch_size), source)
+    batch_size = min(batch_size, num_samples)
+    width = min(experiment.config.eval.batch_size, num_samples)  # computed at once, whatever batch_size is
     method = _given("sampler", experiment.config.sampling.method)
+    out = pathlib.Path(_given("outdir", workdir / workdir_lib.SAMPLES_DIR))
     stem = out / f"samples_{int(state.step)}_{method}{suffix}"
+    partial = chunks.partial_dir(f"{stem}.npz")
+    settings = {"step": int(state.step), "sampler": {"name": method, "settings": dataclasses.asdict(sampler)},
+                "seed": FLAGS.seed, "num_samples": num_samples, "width": width, **condition}
+    chunks.chunks_written(partial, settings)  # other settings are refused before anything is compiled
+    if FLAGS.class_label is not None:
+        experiment_lib.check_class_labels(experiment.objective.num_classes, FLAGS.class_label)
+    draw = experiment_lib.sampling_fn(experiment, num_samples, sampler, guidance_scale=FLAGS.guidance_scale,
+                                      width=width)
+    key = jax.random.PRNGKey(FLAGS.seed)
+
+    def draw_chunk(start: int, stop: int) -> tuple[np.ndarray, int]:
+        x, nfe = draw(state.ema_params, key, FLAGS.class_label, start, stop)
+        _check_finite(x, "samples")
+        return x, nfe
+
+    drawn = chunks.draw(draw_chunk, num_samples, batch_size, partial, settings, progress=FLAGS.progress)
+    if drawn is None:
+        return
+    x, nfe = drawn
     with atomic.replacing(f"{stem}.npz") as temporary:
-        np.savez(temporary, x=x, nfe=nfe, step=int(state.step), **condition)
+        np.savez(temporary, x=x, nfe=nfe, step=int(state.step), seed=FLAGS.seed, **condition)
     title = f"step {int(state.step)}, {nfe} NFE" + "".join(f", {k} {v:g}" for k, v in condition.items())
     experiment_lib.write_samples_png(pathlib.Path(f"{stem}.png"), experiment, x, title)
+    chunks.remove(partial)
     print(f"wrote {stem}.npz and {stem}.png ({num_samples} samples, {nfe} score evaluations)")
 
 
@@ -233,6 +257,9 @@ def sample_problem() -> None:
     if FLAGS["class_label"].present or FLAGS["guidance_scale"].present:
         raise ValueError("--class_label and --guidance_scale sample a class-conditional run: they need "
                          "--workdir.")
+    if FLAGS["batch_size"].present:
+        raise ValueError("--batch_size: only for `sample --workdir` (chunked sampling of a trained run); an "
+                         "exact-score problem is drawn in one batch.")
     num_samples = _num_samples(FLAGS.num_samples)
     mix = toy.build_problem(FLAGS.problem)
     sde = sde_lib.build_sde(FLAGS.sde)

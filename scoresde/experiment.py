@@ -10,6 +10,7 @@ Example:
 from __future__ import annotations
 
 import dataclasses
+import functools
 import pathlib
 from typing import Any, Callable
 
@@ -240,32 +241,74 @@ def _check_guides(classifier: Experiment, guided: Experiment, workdir: pathlib.P
             f"(data.centered={guided.dataset.centered}).")
 
 
+GROUP_AXIS = "examples"  # the vmapped axis of a group of examples drawn one by one (sampling_fn's width)
+
+
 def sampling_fn(
-    experiment: Experiment, num_samples: int, sampler: Sampler | None = None, *, guidance_scale: float = 0.0
+    experiment: Experiment, num_samples: int, sampler: Sampler | None = None, *, guidance_scale: float = 0.0,
+    width: int | None = None,
 ) -> Callable[..., tuple[np.ndarray, int]]:
     """(params, key, cond=None) -> (num_samples samples in the data's stored range, NFE), compiled once.
 
     Images come back in [0, 1], points as given; `sampler` defaults to the config's. `cond`: the class
     label(s) of a class-conditional run, one int or [num_samples]; None samples its unconditional score (its
     null class). `guidance_scale`: classifier-free guidance towards `cond` (see `class_score_fn`).
+
+    width: draw example by example instead (chunked sampling, `scoresde.chunks`): the function then takes
+    (params, key, cond=None, start=0, stop=num_samples) and returns examples start .. stop - 1 of
+    num_samples, example i drawn from the key fold_in(key, i) as a batch of one (`sample` with shape
+    [1, ...], vmapped). It runs one compiled function on group i // width of `width` examples, where i sits
+    at place i % width, so an example's bits depend on its index and `width` alone, never on start or stop:
+    XLA's CPU matrix products round differently at another batch size, or in another program around them.
+    A sampler's batch statistics (the Langevin corrector's step size) are averaged over the group (its
+    `axis_name`), whose members are fixed by their indices; an adaptive solver's error norm is each
+    example's own. The NFE returned is the most any example made.
     """
     sampler = experiment.sampler if sampler is None else sampler
-    objective, shape = experiment.objective, (num_samples,) + experiment.example_shape
+    objective, example_shape = experiment.objective, experiment.example_shape
     denoise = experiment.config.sampling.noise_removal
 
-    @jax.jit
-    def draw(params, key, cond):
+    def draw(params, key, cond, shape, axis_name=None):
         score_fn = class_score_fn(objective, params, cond, guidance_scale)
-        return sample(key, objective.sde, score_fn, shape, sampler, denoise=denoise)
+        return sample(key, objective.sde, score_fn, shape, sampler, denoise=denoise, axis_name=axis_name)
+
+    @jax.jit
+    def draw_batch(params, key, cond):
+        return draw(params, key, cond, (num_samples,) + example_shape)
+
+    def one(params, key, index, label):
+        label = None if label is None else label[None]
+        x, nfe = draw(params, jax.random.fold_in(key, index), label, (1,) + example_shape, GROUP_AXIS)
+        return x[0], nfe
+
+    @jax.jit
+    def draw_group(params, key, cond, first):
+        drawn = jax.vmap(functools.partial(one, params, key), axis_name=GROUP_AXIS)
+        x, nfe = drawn(first + jnp.arange(width), cond)
+        return x, jnp.max(nfe)
+
+    def labels(cond, size):
+        if cond is None:
+            return None
+        check_class_labels(objective.num_classes, cond)
+        return np.broadcast_to(np.asarray(cond, np.int32), (size,))
 
     def samples(params, key, cond=None):
-        if cond is not None:
-            check_class_labels(objective.num_classes, cond)
-            cond = np.broadcast_to(np.asarray(cond, np.int32), (num_samples,))
-        x, nfe = draw(params, key, cond)
+        x, nfe = draw_batch(params, key, labels(cond, num_samples))
         return np.asarray(experiment.dataset.unscale(x)), int(nfe)
 
-    return samples
+    def samples_each(params, key, cond=None, start=0, stop=num_samples):
+        firsts = range(start // width * width, stop, width)
+        padded = None if cond is None else np.pad(labels(cond, num_samples), (0, width))
+        drawn = [draw_group(params, key, None if cond is None else padded[first:first + width], first)
+                 for first in firsts]
+        x = np.concatenate([np.asarray(x) for x, _ in drawn])[start - firsts[0]:stop - firsts[0]]
+        return np.asarray(experiment.dataset.unscale(x)), max(int(nfe) for _, nfe in drawn)
+
+    if width is None:
+        return samples
+    require(isinstance(width, int) and width >= 1, f"width must be an integer >= 1; got {width!r}.")
+    return samples_each
 
 
 def write_samples_png(path: pathlib.Path, experiment: Experiment, x: np.ndarray, title: str) -> None:

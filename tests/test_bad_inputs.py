@@ -221,7 +221,9 @@ def test_a_solve_that_diverges_is_reported_and_writes_nothing(verb, broken, file
     before = tree_hash(files["run"])
     code, out, err = test_cli.scoresde(monkeypatch, capsys, verb, f"--workdir={files['run']}")
     assert code == 1 and len(err.strip().splitlines()) == 1, err
-    what = "64 of 64 samples" if broken == "samples" else "1 of 1 likelihood figures"
+    # sample checks each chunk it draws, eval.batch_size = 16 examples; eval all 64 samples at once
+    what = {"sample": "16 of 16 samples", "eval": "64 of 64 samples"}[verb] if broken == "samples" else \
+        "1 of 1 likelihood figures"
     assert f"{what}" in err and "hold NaN or Inf; nothing was written" in err, err
     assert tree_hash(files["run"]) == before
 
