@@ -1,7 +1,7 @@
 """Guidance and inpainting: accuracy against exact conditionals, and cost per score evaluation.
 
     python benchmarks/guidance.py [--n=2000] [--repeats=5] [--out=docs/bench/guidance.md]
-        [--parts=cost,accuracy,equal]
+        [--parts=cost,accuracy,equal,pc_steps]
 
 Accuracy (exact mixture `toy.mixture_inpainting`, x_0 known, x_1 filled in): the 1-D Wasserstein distance W1
 of the sampled x_1 to the exact conditional p(x_1 | x_0 = a) (`GaussianMixture.condition`), beside its Monte
@@ -11,6 +11,9 @@ Equal accuracy (VP): for each method and sampler family (PC; DPM-Solver++ for th
 steps on a ladder whose W1 reaches a target per known value (TARGETS), with its NFE, its score evaluations per
 example (NFE x particles) and the seconds of the solve; a method that misses the target on the whole ladder
 is reported at its largest rung. SMCDiff runs on n / 4 examples (32 particles each), the others on n.
+
+PC steps: W1 at x_0 = 0 of SMCDiff resampled at every step and adaptively behind PC at 50 .. 1,000 steps,
+per SDE (the table behind `guidance.default_method`'s switch at EVERY_STEP_MAX steps).
 
 Cost: wall time per NFE of one jitted solve, the median of `repeats` runs after one compiling run (reported
 separately), for classifier-free guidance (two score calls, or one on the doubled batch), classifier
@@ -50,6 +53,8 @@ EQUAL_ACCURACY_METHODS = ("replacement", "RePaint r=10", "PiGDM", "SMCDiff P=32,
                           "SMCDiff P=32, adaptive")
 TARGETS = {0.5: 0.15, 0.0: 0.3}  # W1 each method must reach at equal accuracy (floors: 0.016 / 0.030)
 LADDERS = {"PC": (25, 50, 100, 200), "DPM-Solver++": (5, 10, 20, 40)}
+PC_STEPS = (50, 100, 200, 500, 1000)  # the step counts of the PC table (x_0 = 0): up to the configs' default
+PC_STEPS_METHODS = ("SMCDiff P=32, every step", "SMCDiff P=32, adaptive")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -114,6 +119,17 @@ def equal_accuracy(n: int, seed: int = 0) -> list[dict]:
                 break
         rows.append(dict(a=a, sampler=family, steps=steps, method=method_name,
                          reached=row["w1"] <= TARGETS[a], **row))
+        print(rows[-1], flush=True)
+    return rows
+
+
+def pc_steps_w1(n: int, seed: int = 0) -> list[dict]:
+    """W1 at x_0 = 0 of each SMCDiff resampling rule behind PC at each of PC_STEPS steps, for every SDE."""
+    rows = []
+    for method_name, sde_name, steps in itertools.product(PC_STEPS_METHODS, SDES, PC_STEPS):
+        sampler = sd.samplers.PC(num_steps=steps)
+        row = inpaint_once(SDES[sde_name], sampler, METHODS[method_name], 0.0, n, seed)
+        rows.append(dict(method=method_name, sde=sde_name, steps=steps, **row))
         print(rows[-1], flush=True)
     return rows
 
@@ -186,6 +202,16 @@ def accuracy_report(w1_rows: list[dict]) -> list[str]:
     return lines
 
 
+def pc_steps_report(rows: list[dict]) -> list[str]:
+    lines = [f"## SMCDiff behind PC at x_0 = 0 by number of steps (floor {rows[0]['floor']:.3f})", "",
+             "| method | SDE | " + " | ".join(map(str, PC_STEPS)) + " |",
+             "|---|---|" + "---:|" * len(PC_STEPS)]
+    for m, sde_name in itertools.product(PC_STEPS_METHODS, SDES):
+        cells = [r["w1"] for r in rows if r["method"] == m and r["sde"] == sde_name]
+        lines.append(f"| {m} | {sde_name} | " + " | ".join(f"{c:.3f}" for c in cells) + " |")
+    return lines + [""]
+
+
 def equal_accuracy_report(rows: list[dict]) -> list[str]:
     lines = ["## Inpainting at equal accuracy (VP): the fewest steps on the ladder that reach the target", ""]
     for a in KNOWN_VALUES:
@@ -222,6 +248,7 @@ def main() -> None:
         "cost": lambda: cost_report(costs(exact_case(args.n), args.repeats), load),
         "accuracy": lambda: accuracy_report(inpainting_w1(args.n)),
         "equal": lambda: equal_accuracy_report(equal_accuracy(args.n)),
+        "pc_steps": lambda: pc_steps_report(pc_steps_w1(args.n)),
     }
     text = "\n".join(line for part in args.parts.split(",") for line in parts[part]())
     os.makedirs(os.path.dirname(args.out) or ".", exist_ok=True)
