@@ -3,7 +3,9 @@
 import functools
 import json
 import math
+import os
 import re
+import signal
 import subprocess
 import sys
 
@@ -131,6 +133,25 @@ def test_the_benchmark_grid_measures_the_known_orders(spec):
     assert nfe == nfes
     slope = accuracy.convergence_order(nfe, errors)
     assert abs(slope - order) <= 0.4, f"{spec}: order {slope:.2f}, expected {order}; errors {errors}"
+
+
+def test_a_signal_ends_the_grid_after_the_run_in_flight_keeping_the_runs_done(monkeypatch):
+    """SIGTERM during the second of four runs: that run completes, the other two are not started."""
+    calls = []
+
+    def run_record(*args):
+        calls.append(args[2:4])
+        if len(calls) == 2:
+            os.kill(os.getpid(), signal.SIGTERM)
+        return grid.Record(args[1], args[2], args[3], args[3], "", 0.0, 0.0, {})
+
+    monkeypatch.setattr(grid, "run_record", run_record)
+    before = signal.getsignal(signal.SIGTERM)
+    samplers = {"euler": build_sampler("euler"), "ddim": build_sampler("ddim")}
+    results = grid.run_grid({"vpsde": vp_case}, samplers, (4, 8), key=jax.random.PRNGKey(0), progress=False)
+    assert results.stopped == "SIGTERM" and results.to_json()["stopped"] == "SIGTERM"
+    assert [(r.sampler, r.nfe_target) for r in results.records] == calls == [("euler", 4), ("euler", 8)]
+    assert signal.getsignal(signal.SIGTERM) is before  # the grid's handlers are gone
 
 
 TINY = exact.ExactBench(sdes=("vpsde",), samplers=("euler", "pc"), nfes=(4, 8), num_samples=200,

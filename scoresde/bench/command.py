@@ -48,6 +48,9 @@ def samplers_command(
     paths = report.write_report(pathlib.Path(outdir or "out/bench/samplers"), payload)
     print(report.markdown(payload))
     print("wrote " + ", ".join(map(str, paths)))
+    if results.stopped:
+        print(f"{results.stopped}: stopped after {len(results.records)} runs; the report holds those (its "
+              f"'stopped' field says so), the same command measures the whole grid again.")
     return payload
 
 

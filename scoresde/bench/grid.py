@@ -24,6 +24,7 @@ from scoresde.bench.timing import time_call
 from scoresde.samplers import Sampler
 from scoresde.samplers.base import require
 from scoresde.sde import SDE, ScoreFn
+from scoresde.stopping import StopSignals
 
 Array = jax.Array
 Figures = dict[str, float | None]
@@ -115,13 +116,16 @@ def run_record(case: Case, case_name: str, label: str, nfe_target: int, sampler:
 
 @dataclasses.dataclass(frozen=True)
 class GridResults:
-    """What `run_grid` measured: the summary of each case and one record per cell."""
+    """What `run_grid` measured: the summary of each case and one record per cell; `stopped` names the signal
+    (SIGTERM, SIGINT) that ended the grid before its last cell, None when every cell ran."""
 
     cases: dict[str, Mapping[str, Any]]
     records: list[Record]
+    stopped: str | None = None
 
     def to_json(self) -> dict[str, Any]:
-        return {"cases": self.cases, "records": [dataclasses.asdict(r) for r in self.records]}
+        stopped = {} if self.stopped is None else {"stopped": self.stopped}
+        return {"cases": self.cases, "records": [dataclasses.asdict(r) for r in self.records], **stopped}
 
 
 def run_grid(
@@ -149,6 +153,9 @@ def run_grid(
         time and its error on the fitting paths ("pathwise_fit").
       fit_samplers: the labels of `samplers` that are fitted (default all of them).
 
+    SIGTERM or SIGINT ends the grid after the run in flight: the results hold the cells done, `stopped` the
+    signal (a second signal ends the process at once).
+
     Raises:
       ValueError: before any work, if a target NFE is below a sampler's minimum (or it cannot be set).
     """
@@ -157,21 +164,27 @@ def run_grid(
                if cell[1] in fit_nfes and isinstance(sampler, samplers_lib.FixedStepSampler)
                and (fit_samplers is None or cell[0] in fit_samplers)}
     summaries, records = {}, []
-    with tqdm(total=len(cases) * (len(configured) + len(fitting)), desc="bench", unit="run",
-              disable=not progress) as bar:
+    with (tqdm(total=len(cases) * (len(configured) + len(fitting)), desc="bench", unit="run",
+               disable=not progress) as bar,
+          StopSignals("writing the report of the runs done after the one in flight") as stop):
         for case_name, build_case in cases.items():
+            if stop.received:
+                break
             bar.set_postfix_str(f"{case_name} reference")
             case = build_case()
             require(not fitting or case.fit_init is not None,
                     f"case {case_name!r} has no paths to fit grids on.")
             summaries[case_name] = dict(case.summary)
             for (sampler_name, n), sampler in configured.items():
+                if stop.received:
+                    break
                 bar.set_postfix_str(f"{case_name} {sampler_name} NFE {n}")
                 record = run_record(case, case_name, sampler_name, n, sampler, key, repeats)
                 records.append(record)
                 bar.update()
                 # A grid is fitted to paths, which a stochastic sampler (no pathwise error) does not follow.
-                if (sampler_name, n) in fitting and record.figures.get("pathwise") is not None:
+                if ((sampler_name, n) in fitting and record.figures.get("pathwise") is not None
+                        and not stop.received):
                     bar.set_postfix_str(f"{case_name} {sampler_name} NFE {n} fitting")
                     fitted, fit_s, on_fit_paths = fit_cell(case, sampler, key)
                     record = run_record(case, case_name, sampler_name + FITTED, n, fitted, key, repeats)
@@ -179,4 +192,4 @@ def run_grid(
                         record, figures={**record.figures, "pathwise_fit": on_fit_paths}, fit_s=fit_s))
                 if (sampler_name, n) in fitting:
                     bar.update()
-    return GridResults(summaries, records)
+    return GridResults(summaries, records, stop.received)

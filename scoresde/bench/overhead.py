@@ -103,6 +103,8 @@ def bench_overhead(settings: OverheadBench, *, progress: bool = True) -> list[di
             if r.case.endswith(FREE)}
     rows = []
     for r in (r for r in results.records if not r.case.endswith(FREE)):
+        if (r.case, r.sampler, r.nfe_target) not in free:  # a signal stopped the grid before its free run
+            continue
         score_s, loop_s = results.cases[r.case]["score_s"], free[r.case, r.sampler, r.nfe_target].run_s
         rows.append(dict(model=r.case, shape=results.cases[r.case]["input"], sampler=r.sampler,
                          nfe_target=r.nfe_target, nfe=r.nfe, score_ms=1e3 * score_s, run_ms=1e3 * r.run_s,
