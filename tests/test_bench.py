@@ -87,6 +87,7 @@ def test_pathwise_error_is_rms_of_path_distances():
     assert accuracy.pathwise_error(x, y) == pytest.approx(np.sqrt((9.0 + 12.0) / 2))
 
 
+@pytest.mark.slow
 def test_floors_are_the_mean_distance_of_exact_sample_sets():
     """The sliced Wasserstein floor is sliced_wasserstein_floor's: a floor is what exact draws score."""
     target = toy.mixture_2d().marginal(sd.VPSDE(), 1e-3)
@@ -274,6 +275,7 @@ def test_report_prints_every_floor_beside_its_figure_and_draws_plots(tmp_path):
         assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size < 200_000
 
 
+@pytest.mark.slow
 def test_overhead_of_a_sampler_loop():
     rows = overhead.bench_overhead(overhead.OverheadBench(models=("mlp",), samplers=("euler",), nfes=(4,),
                                                           repeats=1), progress=False)
@@ -291,6 +293,7 @@ def scoresde(*args, cwd):
                           timeout=600)
 
 
+@pytest.mark.slow
 def test_cli_malformed_mixture_file_is_one_line_and_exit_2(tmp_path):
     np.savez(tmp_path / "mixture.npz", weights=[0.5, 0.5], means=[[0.0], [1.0]])
     result = scoresde("bench", "samplers", f"--problem={tmp_path / 'mixture.npz'}", cwd=tmp_path)

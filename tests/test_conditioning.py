@@ -275,6 +275,7 @@ def conditional_run(tmp_path_factory, labelled_points):
     return workdir
 
 
+@pytest.mark.slow
 def test_sample_class_label_writes_npz_and_png(conditional_run, monkeypatch, capsys):
     x = {}
     for label in (0, 1):
@@ -295,6 +296,7 @@ def test_sample_class_label_writes_npz_and_png(conditional_run, monkeypatch, cap
         assert float(guided["guidance_scale"]) == 2.0 and not np.array_equal(guided["x"], x[1])
 
 
+@pytest.mark.slow
 def test_guided_score_is_the_conditional_plus_w_times_its_difference_from_the_null_class(conditional_run):
     experiment, state = experiment_lib.restore(conditional_run)
     objective, t = experiment.objective, jnp.full((len(X_POINTS),), 0.3)
@@ -306,6 +308,7 @@ def test_guided_score_is_the_conditional_plus_w_times_its_difference_from_the_nu
         np.testing.assert_allclose(guided, conditional + w * (conditional - null), rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("args,message", [
     (["--class_label=2"], "class_label 2 is outside the trained classes 0 .. 1"),
     (["--class_label=-1"], "class_label -1 is outside the trained classes 0 .. 1"),

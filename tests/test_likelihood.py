@@ -62,7 +62,7 @@ def test_exact_divergence_matches_closed_form(sde_name):
     assert int(nfe) > 0
 
 
-@pytest.mark.parametrize("sde_name", SDES)
+@pytest.mark.parametrize("sde_name", marks.fast_first(SDES))
 def test_decode_inverts_encode(sde_name):
     sde, x = SDES[sde_name], data(sde_name)
     back = likelihood.decode(sde, MIX_2D.score_fn(sde), encoded(sde_name), rtol=TOL, atol=TOL)

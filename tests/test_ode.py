@@ -122,6 +122,7 @@ def test_x_init_key_and_nfe(name):
         assert not np.allclose(a, other_key)
 
 
+@pytest.mark.slow
 def test_heun_with_churn_samples_the_mixture():
     """EDM's stochastic sampler: churn adds noise and Heun steps remove it; the marginals must stay right."""
     sde = SDES["vp"]

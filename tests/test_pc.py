@@ -26,7 +26,7 @@ def draw(mix, sde, sampler, n, seed=0):
 
 
 @pytest.mark.parametrize(
-    "sde_name, predictor, corrector", list(itertools.product(SDES, PREDICTOR_NAMES, CORRECTORS))
+    "sde_name, predictor, corrector", marks.fast_first(itertools.product(SDES, PREDICTOR_NAMES, CORRECTORS))
 )
 def test_every_predictor_corrector_sde_samples_the_mixture(sde_name, predictor, corrector):
     sampler = sd.samplers.PC(predictor=predictor, corrector=corrector, num_steps=500)

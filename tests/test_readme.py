@@ -79,6 +79,7 @@ def _train_tiny(config: str, workdir: pathlib.Path, overrides: dict) -> None:
     train.run(experiment, workdir, progress=False)
 
 
+@pytest.mark.slow
 def test_trained_run_block(tmp_path, monkeypatch):
     """The block that restores runs/checkerboard, on a tiny run of the same config trained there."""
     monkeypatch.chdir(tmp_path)
@@ -89,6 +90,7 @@ def test_trained_run_block(tmp_path, monkeypatch):
     assert int(namespace["nfe"]) == namespace["sd"].samplers.Heun().nfe() + 1  # + 1: the final denoiser
 
 
+@pytest.mark.slow
 def test_guidance_block(tmp_path, monkeypatch):
     """The classifier-guidance block, on tiny runs of the two configs it names, trained where it looks."""
     pytest.importorskip("scoresde.guidance", reason="the block calls scoresde.guidance, not in this tree yet")

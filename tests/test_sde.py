@@ -9,6 +9,8 @@ from jax import lax
 import scoresde as sd
 from scoresde.sde import build_sde
 
+import marks
+
 SDES = [sd.VPSDE(), sd.SubVPSDE(), sd.VESDE()]
 IDS = ["vp", "subvp", "ve"]
 
@@ -34,7 +36,7 @@ def simulate_forward(sde, key, x0, num_steps):
     return path  # path[i] is x at t = (i + 1) dt
 
 
-@pytest.mark.parametrize("sde", SDES, ids=IDS)
+@pytest.mark.parametrize("sde", marks.fast_first(SDES), ids=IDS)
 def test_marginal_matches_monte_carlo(sde):
     n, num_steps = 20000, 2000
     x0 = jnp.tile(jnp.array([[1.5, -0.5]]), (n, 1))
@@ -50,7 +52,7 @@ def test_marginal_matches_monte_carlo(sde):
         np.testing.assert_allclose(x_t.var(0), std**2, rtol=5 * np.sqrt(2 / n) + bias)
 
 
-@pytest.mark.parametrize("sde", SDES, ids=IDS)
+@pytest.mark.parametrize("sde", marks.fast_first(SDES), ids=IDS)
 def test_variance_ode(sde):
     """For dx = f x dt + g dw: d sigma^2/dt = 2 f sigma^2 + g^2 and d log alpha/dt = f."""
     with jax.enable_x64(True):
@@ -62,7 +64,7 @@ def test_variance_ode(sde):
         np.testing.assert_allclose(dlog_alpha, f, rtol=1e-10, atol=1e-12)
 
 
-@pytest.mark.parametrize("sde", SDES, ids=IDS)
+@pytest.mark.parametrize("sde", marks.fast_first(SDES), ids=IDS)
 def test_log_snr_inverse(sde):
     with jax.enable_x64(True):
         t = jnp.linspace(1e-5, 1.0, 101, dtype=jnp.float64)
@@ -71,7 +73,7 @@ def test_log_snr_inverse(sde):
         np.testing.assert_allclose(sde.t_from_log_snr(lam), t, rtol=1e-9)
 
 
-@pytest.mark.parametrize("sde", SDES, ids=IDS)
+@pytest.mark.parametrize("sde", marks.fast_first(SDES), ids=IDS)
 def test_transition_composes_to_marginal(sde):
     """Kernel 0->s then s->t equals kernel 0->t: alpha_t = alpha_{t|s} alpha_s,
     sigma_t^2 = alpha_{t|s}^2 sigma_s^2 + sigma_{t|s}^2.
@@ -82,7 +84,7 @@ def test_transition_composes_to_marginal(sde):
     np.testing.assert_allclose(a_ts**2 * sde.sigma(s) ** 2 + s_ts**2, sde.sigma(t) ** 2, rtol=1e-5)
 
 
-@pytest.mark.parametrize("sde, prior_std", zip(SDES, [1.0, 1.0, 50.0]), ids=IDS)
+@pytest.mark.parametrize("sde, prior_std", marks.fast_first(zip(SDES, [1.0, 1.0, 50.0])), ids=IDS)
 def test_prior_sampling_and_logp(sde, prior_std):
     """The prior is N(0, prior_std^2 I), and the marginal at T is within 1e-4 of it."""
     z = sde.prior_sampling(jax.random.PRNGKey(0), (4000, 3))

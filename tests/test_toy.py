@@ -9,6 +9,8 @@ from scipy import stats
 import scoresde as sd
 from scoresde import toy
 
+import marks
+
 SDES = [sd.VPSDE(), sd.SubVPSDE(), sd.VESDE()]
 IDS = ["vp", "subvp", "ve"]
 PROBLEMS = ["mixture_2d", "mixture_image"]
@@ -27,7 +29,7 @@ def scipy_marginal_logpdf(mix, sde, x, t):
     return np.log(np.sum(dens, axis=0))
 
 
-@pytest.mark.parametrize("problem", PROBLEMS)
+@pytest.mark.parametrize("problem", marks.fast_first(PROBLEMS))
 @pytest.mark.parametrize("sde", SDES, ids=IDS)
 def test_log_prob_matches_scipy(problem, sde):
     mix = toy.build_problem(problem)
@@ -37,7 +39,7 @@ def test_log_prob_matches_scipy(problem, sde):
         np.testing.assert_allclose(got, scipy_marginal_logpdf(mix, sde, x * 1.1, t), rtol=2e-4, atol=2e-4)
 
 
-@pytest.mark.parametrize("problem", PROBLEMS)
+@pytest.mark.parametrize("problem", marks.fast_first(PROBLEMS))
 @pytest.mark.parametrize("sde", SDES, ids=IDS)
 def test_score_is_gradient_of_log_prob(problem, sde):
     mix = toy.build_problem(problem)
