@@ -102,13 +102,15 @@ class Checkpointer:
 
 @contextlib.contextmanager
 def _writing(manager: ocp.CheckpointManager):
-    """Turns orbax's ValueError for a write tensorstore could not do (no space, no permission) into OSError
-    naming the directory; `scoresde.cli` reports it in one line."""
+    """Turns a write orbax could not do (no space, no permission) into OSError naming the directory:
+    tensorstore's arrays fail as ValueError, orbax's metadata files as a bare OSError. `scoresde.cli`
+    reports it in one line."""
     try:
         yield
-    except ValueError as error:
+    except (ValueError, OSError) as error:
         text = str(error).splitlines()[0] if str(error) else repr(error)
-        if not any(code in text for code in ("RESOURCE_EXHAUSTED", "PERMISSION_DENIED", "Errno")):
+        if isinstance(error, ValueError) and not any(
+                code in text for code in ("RESOURCE_EXHAUSTED", "PERMISSION_DENIED", "Errno")):
             raise
         raise OSError(f"a checkpoint could not be written into {manager.directory} ({text}); the checkpoints "
                       f"saved before it are intact.") from error
