@@ -1,4 +1,5 @@
-"""Datasets: 2-D toy sets, scikit-learn's handwritten digits, image folders and `.npz` arrays.
+"""Datasets: 2-D toy sets, scikit-learn's handwritten digits, pairs of them with prompts, image folders and
+`.npz` arrays.
 
 Every dataset is held in host memory as a finite train/test split of numpy arrays. Images are stored in
 [0, 1] on the 8-bit grid, channel-last [N, H, W, C] float32, and are scaled batch by batch to the model's
@@ -10,7 +11,9 @@ Batches are pure functions of (seed, step): step k takes slice k mod (N // B) of
 (seed, epoch), so a run resumed at step k sees exactly the batches an uninterrupted run would have seen.
 A batch is a small pytree, `Batch`: the examples `x` and, for a dataset with labels (digits; `.npz` with a
 label array; an image folder with one sub-folder per class), their integer labels `cond`, the condition a
-class-conditional network is trained on.
+class-conditional network is trained on. "digit_pairs" (`scoresde.digit_pairs`) serves [H, 2H, C] canvases
+of two digits side by side whose `cond` is the token ids [B, L] of a prompt naming them
+(`scoresde.tokenizer`); its labels, [N, 2] (left, right) digits, stay with the dataset for evaluation.
 
 Example:
     >>> dataset = build_dataset(DataConfig(dataset="digits", image_size=16, centered=True))
@@ -30,13 +33,14 @@ import numpy as np
 from flax import struct
 from PIL import Image
 
-from scoresde import observations, toy2d
+from scoresde import digit_pairs, observations, tokenizer, toy2d
 
 ArrayT = TypeVar("ArrayT")
 
 # Independent random streams derived from the one dataset seed.
 _SPLIT_STREAM, _SHUFFLE_STREAM, _TRAIN_NOISE_STREAM, _TEST_NOISE_STREAM = range(4)
 _TOY_TRAIN_STREAM, _TOY_TEST_STREAM = range(2)
+_PAIRS_TRAIN_STREAM, _PAIRS_TEST_STREAM = 4, 5
 _IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 _DEFAULT_NPZ_KEYS = ("x", "images")
 _DEFAULT_LABEL_KEYS = ("y", "labels")
@@ -60,10 +64,12 @@ class DataConfig:
       path: the image folder or `.npz` file.
       npz_key: the array of examples in the `.npz` file; None tries "x", then "images".
       label_key: the array of labels in the `.npz` file; None takes "y" or "labels" when present.
-      test_fraction: fraction of digits / folder / npz examples held out, chosen by `seed`.
-      seed: seeds the split, the toy samples, the shuffling and the dequantization noise.
-      num_train: number of toy training points.
-      num_test: number of toy test points.
+      test_fraction: fraction of digits / folder / npz examples held out, chosen by `seed` (digit_pairs:
+        of the digits, so test canvases hold test digits only).
+      seed: seeds the split, the toy samples, the canvases and prompts, the shuffling and the dequantization
+        noise.
+      num_train: number of toy training points or digit-pair training canvases.
+      num_test: number of toy test points or digit-pair test canvases.
     """
 
     dataset: str = "checkerboard"
@@ -137,7 +143,8 @@ def check_batch_size(batch_size: int, device_count: int | None = None) -> int:
 
 @struct.dataclass
 class Batch:
-    """What one step trains on: x: [B, ...] examples; cond: [B] int32 class labels, or None (no labels)."""
+    """What one step trains on: x: [B, ...] examples; cond: [B] int32 class labels, [B, L] int32 prompt
+    token ids, or None (no condition)."""
 
     x: np.ndarray | jax.Array
     cond: np.ndarray | jax.Array | None = None
@@ -151,8 +158,10 @@ class Dataset:
       name: the dataset name.
       train: [N, H, W, C] images in [0, 1], or [N, D] points.
       test: [M, ...] shaped like `train`.
-      train_labels: [N] int32 class labels, or None.
-      test_labels: [M] int32 class labels, or None.
+      train_labels: [N] int32 class labels ([N, 2] left and right digits of digit_pairs), or None.
+      test_labels: [M] or [M, 2] shaped like `train_labels`, or None.
+      train_cond: what batches serve as `cond`: [N] the labels, [N, L] prompt token ids, or None.
+      test_cond: [M, ...] shaped like `train_cond`, or None.
       is_image: whether examples are images (scaled and optionally dequantized) or points (used as given).
       centered: images are served in [-1, 1] instead of [0, 1].
       uniform_dequantization: batches get uniform dequantization noise.
@@ -164,6 +173,8 @@ class Dataset:
     test: np.ndarray
     train_labels: np.ndarray | None
     test_labels: np.ndarray | None
+    train_cond: np.ndarray | None
+    test_cond: np.ndarray | None
     is_image: bool
     centered: bool = False
     uniform_dequantization: bool = False
@@ -219,7 +230,7 @@ class Dataset:
         rows = slice(process_index * local, (process_index + 1) * local)
         indices = self.batch_indices(step, batch_size)
         x = self._prepare(self.train[indices], (self.seed, _TRAIN_NOISE_STREAM, step))[rows]
-        return Batch(x, None if self.train_labels is None else self.train_labels[indices][rows])
+        return Batch(x, None if self.train_cond is None else self.train_cond[indices][rows])
 
     def train_batch(
         self, step: int, batch_size: int, *, process_index: int = 0, process_count: int = 1
@@ -234,7 +245,7 @@ class Dataset:
             raise ValueError(f"batch size must be positive; got {batch_size}.")
         rows = slice(index * batch_size, (index + 1) * batch_size)
         x = self._prepare(self.test[rows], (self.seed, _TEST_NOISE_STREAM, index))
-        return Batch(x, None if self.test_labels is None else self.test_labels[rows])
+        return Batch(x, None if self.test_cond is None else self.test_cond[rows])
 
     def test_batches(self, batch_size: int) -> Iterator[np.ndarray]:
         """The examples of the test set in order, as `test_batch` serves them.
@@ -260,12 +271,15 @@ def _split(config: DataConfig, x: np.ndarray, labels: np.ndarray | None, *, is_i
         raise ValueError(f"test_fraction {config.test_fraction} leaves no training examples out of {len(x)}.")
     order = np.random.default_rng((config.seed, _SPLIT_STREAM)).permutation(len(x))
     train, test = np.sort(order[num_test:]), np.sort(order[:num_test])
+    train_labels, test_labels = (None, None) if labels is None else (labels[train], labels[test])
     return Dataset(
         name=config.dataset,
         train=x[train],
         test=x[test],
-        train_labels=None if labels is None else labels[train],
-        test_labels=None if labels is None else labels[test],
+        train_labels=train_labels,
+        test_labels=test_labels,
+        train_cond=train_labels,
+        test_cond=test_labels,
         is_image=is_image,
         centered=config.centered,
         uniform_dequantization=config.uniform_dequantization,
@@ -290,12 +304,16 @@ def _load_toy(config: DataConfig) -> Dataset:
         config.dataset, jax.random.fold_in(key, _TOY_TRAIN_STREAM), config.num_train)
     test, test_labels = toy2d.sample_toy_labelled(
         config.dataset, jax.random.fold_in(key, _TOY_TEST_STREAM), config.num_test)
+    train_labels, test_labels = (None, None) if train_labels is None else map(np.asarray, (train_labels,
+                                                                                           test_labels))
     return Dataset(
         name=config.dataset,
         train=np.asarray(train),
         test=np.asarray(test),
-        train_labels=None if train_labels is None else np.asarray(train_labels),
-        test_labels=None if test_labels is None else np.asarray(test_labels),
+        train_labels=train_labels,
+        test_labels=test_labels,
+        train_cond=train_labels,
+        test_cond=test_labels,
         is_image=False,
         uniform_dequantization=config.uniform_dequantization,
         seed=config.seed,
@@ -314,6 +332,23 @@ def _load_digits(config: DataConfig) -> Dataset:
     x = np.repeat(np.repeat(x, size // _DIGITS_SIZE, axis=1), size // _DIGITS_SIZE, axis=2)
     x = _match_channels(x[..., None].astype(np.float32), config.num_channels, "digits")
     return _split(config, x, digits.target.astype(np.int32), is_image=True)
+
+
+def _load_digit_pairs(config: DataConfig) -> Dataset:
+    """`num_train` / `num_test` canvases of two digits side by side, [H, 2H, C], with prompts naming them
+    (`scoresde.digit_pairs`): training canvases of the training digits in the seen pairs only, test canvases
+    of the test digits in all 100 pairs."""
+    digits = _load_digits(config)
+    train, train_labels, train_prompts = digit_pairs.canvases(
+        digits.train, digits.train_labels, digit_pairs.SEEN_PAIRS, config.num_train,
+        np.random.default_rng((config.seed, _PAIRS_TRAIN_STREAM)))
+    test, test_labels, test_prompts = digit_pairs.canvases(
+        digits.test, digits.test_labels, digit_pairs.ALL_PAIRS, config.num_test,
+        np.random.default_rng((config.seed, _PAIRS_TEST_STREAM)))
+    return dataclasses.replace(
+        digits, name=config.dataset, train=train, test=test, train_labels=train_labels,
+        test_labels=test_labels, train_cond=tokenizer.encode_batch(train_prompts),
+        test_cond=tokenizer.encode_batch(test_prompts))
 
 
 def _existing_path(path: str | None, what: str) -> Path:
@@ -455,6 +490,7 @@ def build_dataset(config: DataConfig) -> Dataset:
     loaders = {
         **{name: _load_toy for name in toy2d.TOY_NAMES},
         "digits": _load_digits,
+        "digit_pairs": _load_digit_pairs,
         "image_folder": _load_image_folder,
         "npz": _load_npz,
     }
