@@ -3,9 +3,10 @@
 Sections and field names are the reference implementation's (yang-song/score_sde, configs/), with its defaults
 for CIFAR-10 where it has the field; `scoresde.config` documents each field and converts this ConfigDict into
 typed dataclasses. Fields not in the reference: training.importance_weighting, training.eps,
-training.keep_checkpoints, training.cond_dropout, training.objective, training.snapshot_sampler /
+training.keep_checkpoints, training.cond_dropout, training.objective, training.kl_weight,
+training.snapshot_sampler /
 snapshot_num_steps, training.skip_nonfinite, optim.cosine_decay,
-model.parametrization, model.num_classes, data.path / npz_key / label_key /
+model.parametrization, model.num_classes, model.autoencoder_workdir, data.path / npz_key / label_key /
 test_fraction / num_train / num_test. The `model` section's keys other than name, ema_rate, parametrization,
 sigma_*, beta_*, num_scales and num_classes are options of the network `model.name` (here the MLP's).
 """
@@ -36,6 +37,7 @@ def get_config() -> ml_collections.ConfigDict:
     training.keep_checkpoints = 0
     training.cond_dropout = 0.0  # with model.num_classes > 0: the share of labels dropped to the null class
     training.objective = "score"
+    training.kl_weight = 1e-6  # the autoencoder objective's KL weight (Rombach et al. 2022, App. G)
     training.snapshot_sampler = "dpm_solver_pp"
     training.snapshot_num_steps = config_dict.FieldReference(10, field_type=int)  # None: the sampler's own
     training.skip_nonfinite = False  # True: skip (and count) steps with a NaN or Inf loss or gradient
@@ -77,6 +79,7 @@ def get_config() -> ml_collections.ConfigDict:
     model.beta_max = 20.0
     model.num_scales = 1000
     model.num_classes = 0  # 0: unconditional; K: class-conditional on the data's labels 0 .. K - 1
+    model.autoencoder_workdir = config_dict.placeholder(str)  # a latent score model: the autoencoder run
     model.width = 256
     model.depth = 3
     model.embedding_type = "positional"
@@ -116,7 +119,7 @@ def with_sde(config: ml_collections.ConfigDict, sde: str) -> ml_collections.Conf
 
 # The model fields that are not options of the network (scoresde.config.ModelConfig).
 MODEL_FIELDS = ("name", "ema_rate", "parametrization", "sigma_min", "sigma_max", "beta_min", "beta_max",
-                "num_scales", "num_classes")
+                "num_scales", "num_classes", "autoencoder_workdir")
 
 
 def with_network(config: ml_collections.ConfigDict, name: str, **options) -> ml_collections.ConfigDict:

@@ -48,7 +48,7 @@ import numpy as np
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from scoresde import atomic, checkpoint, chunks, config as config_lib
+from scoresde import atomic, autoencoder, checkpoint, chunks, config as config_lib
 from scoresde.bench import command as bench_command
 from scoresde import evaluation, guidance, observations, parallel, plots, samplers, sde as sde_lib, toy, train
 from scoresde import experiment as experiment_lib
@@ -309,6 +309,10 @@ def _complete(verb: str) -> None:
         _require_flag(name, verb)
     workdir = pathlib.Path(FLAGS.workdir)
     experiment, state = experiment_lib.restore(workdir)
+    if experiment.latent is not None:
+        raise ValueError(f"{verb} holds known pixels fixed while sampling, but the run in {workdir} samples "
+                         f"autoencoder latents (model.autoencoder_workdir={experiment.latent.workdir}); "
+                         f"use a pixel-space run.")
     dataset, shape = experiment.dataset, experiment.example_shape
     if verb == "colorize" and not (dataset.is_image and shape[-1] >= 2):
         raise ValueError(f"colorize needs a model of colour images; the run in {workdir} models examples "
@@ -349,7 +353,7 @@ def eval_verb() -> None:
     _refuse_problem_flags()
     workdir = pathlib.Path(FLAGS.workdir)
     experiment, state = experiment_lib.restore(workdir)
-    config, dataset, key = experiment.config.eval, experiment.dataset, jax.random.PRNGKey(FLAGS.seed)
+    config, dataset, key = experiment.config.eval, experiment.output_dataset, jax.random.PRNGKey(FLAGS.seed)
     if not len(dataset.test):
         raise ValueError("eval compares with held-out data, and this run has none: data.test_fraction is 0.")
     settings, sampler = _eval_settings(experiment)
@@ -366,11 +370,17 @@ def eval_verb() -> None:
         elif dataset.test_labels is not None:
             results.update(evaluation.image_metrics(evaluation.DigitsScorer.build(dataset), x))
     if config.enable_bpd:
-        x = evaluation.test_examples(dataset, config.batch_size, FLAGS.seed)
-        figures = evaluation.likelihood_fn(experiment.objective, dataset)(state.ema_params, key, x)
+        modelled = experiment.dataset  # a latent model's density is of the scaled latents
+        x = evaluation.test_examples(modelled, config.batch_size, FLAGS.seed)
+        figures = evaluation.likelihood_fn(experiment.objective, modelled)(state.ema_params, key, x)
         results["likelihood_nfe"] = figures.pop("likelihood_nfe")
         _check_finite(np.array([list(figures.values())]), f"likelihood figures ({', '.join(figures)})")
-        results.update({f"test_{name}": value for name, value in figures.items()})
+        prefix = "test_" if experiment.latent is None else "test_scaled_latent_"
+        results.update({f"{prefix}{name}": value for name, value in figures.items()})
+    if experiment.latent is not None:
+        results["latent_scale_factor"] = experiment.latent.scale
+    if isinstance(experiment.objective, autoencoder.AutoencoderObjective):
+        results.update(evaluation.autoencoder_metrics(experiment.objective, state.ema_params, dataset))
     path.parent.mkdir(parents=True, exist_ok=True)
     atomic.write_text(path, json.dumps(results, indent=2) + "\n")
     print(json.dumps(results))

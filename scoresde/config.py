@@ -30,7 +30,7 @@ import ml_collections
 from scoresde import data as data_lib
 from scoresde import losses, samplers
 from scoresde import sde as sde_lib
-from scoresde.models import build_model, parametrization
+from scoresde.models import AUTOENCODERS, build_model, parametrization
 from scoresde.samplers.base import require
 
 
@@ -77,9 +77,11 @@ class TrainingConfig:
       cond_dropout: probability in [0, 1] that a class label is replaced by the null class during training
         (classifier-free guidance, Ho & Salimans 2022); 0 trains the conditional score only. Needs
         model.num_classes > 0 when positive.
-      objective: what the network is trained for: "score" (denoising score matching, the losses above) or
+      objective: what the network is trained for: "score" (denoising score matching, the losses above),
         "classifier" (cross-entropy of the data's labels at every noise level, for classifier guidance;
-        `scoresde.classifier`).
+        `scoresde.classifier`) or "autoencoder" (reconstruction plus a KL term, the first stage of a latent
+        score model; `scoresde.autoencoder`).
+      kl_weight: the autoencoder objective's weight of the KL term (Rombach et al. 2022, App. G).
       snapshot_sampler: sampler spec (`scoresde.samplers.build_sampler`) of the snapshot pictures; a fast ODE
         solver by default, so that a snapshot costs seconds, not a 1,000-step `sampling.method` pass.
       snapshot_num_steps: its steps; None: the sampler's own default (adaptive ones choose their steps).
@@ -104,6 +106,7 @@ class TrainingConfig:
     keep_checkpoints: int
     cond_dropout: float
     objective: str
+    kl_weight: float
     snapshot_sampler: str
     snapshot_num_steps: int | None
     skip_nonfinite: bool
@@ -217,6 +220,9 @@ class ModelConfig:
       num_scales: default sampler steps, and the number of noise levels of the discrete losses.
       num_classes: 0 (unconditional), or the number of classes of a class-conditional network trained on
         the data's labels 0 .. num_classes - 1 (index num_classes is its null class).
+      autoencoder_workdir: None, or a trained autoencoder run (training.objective="autoencoder") whose
+        frozen encoder maps the data to the latents this score model is trained on, and whose decoder maps its
+        samples back (`scoresde.latent`).
       network: every other key of the section: options of the network.
     """
 
@@ -229,6 +235,7 @@ class ModelConfig:
     beta_max: float
     num_scales: int
     num_classes: int
+    autoencoder_workdir: str | None
     network: Mapping[str, Any]
 
     def __post_init__(self):
@@ -242,7 +249,9 @@ class ModelConfig:
                 f"model.scale_by_sigma needs model.parametrization='score'; got {self.parametrization!r}.")
 
     def build_model(self):
-        return build_model(self.name, num_classes=self.num_classes, **self.network)
+        """The network; an autoencoder takes no classes (model.num_classes 0), every other one does."""
+        classes = {} if self.name in AUTOENCODERS and not self.num_classes else {"num_classes": self.num_classes}
+        return build_model(self.name, **classes, **self.network)
 
     def build_parametrization(self) -> parametrization.Parametrization:
         return parametrization.build_parametrization(self.parametrization)
@@ -296,6 +305,8 @@ ADDED_KEYS: dict[tuple[str, str], Any] = {
     ("training", "snapshot_sampler"): "dpm_solver_pp",
     ("training", "snapshot_num_steps"): 10,
     ("training", "skip_nonfinite"): False,
+    ("training", "kl_weight"): 1e-6,
+    ("model", "autoencoder_workdir"): None,
 }
 
 

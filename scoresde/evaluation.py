@@ -15,6 +15,9 @@ what a perfect model would score:
   (`metrics.train_digits_classifier`) scores the samples' confidence, class-histogram entropy and Fréchet
   distance to the test images in its feature space (the FID recipe of Heusel et al. 2017 with a digits
   network), beside the same for n training images;
+* autoencoders: the mean squared and absolute reconstruction error of the test images, the share of
+  reconstructed test digits the digits classifier reads as their label (each digit of a canvas of several
+  scored on its own), beside its accuracy on the test images themselves, and the latent scale factor;
 * likelihood: probability-flow log-likelihood (Song et al. 2021, App. D.2) in nats per point, or bits/dim of
   images dequantized uniformly (Theis et al. 2016). For a known toy, beside the model's NLL of the test points
   comes their NLL under the data's own density, whose expectation is the toy's differential entropy: the
@@ -29,7 +32,7 @@ from typing import Any, Callable
 import jax
 import numpy as np
 
-from scoresde import data as data_lib
+from scoresde import autoencoder, data as data_lib
 from scoresde import likelihood, metrics, toy2d
 
 Array = jax.Array
@@ -130,6 +133,51 @@ def image_metrics(scorer: DigitsScorer, samples: np.ndarray) -> Figures:
             **{f"{name}_real": value for name, value in real.items()}}
 
 
+def tiles(x: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Images x: [N, H, k W', C] holding k digits side by side, with labels: [N] (k = 1) or [N, k], as the
+    k N single digits [k N, H, W', C] (image by image, left to right) and their labels [k N]."""
+    labels = np.asarray(labels).reshape(len(x), -1)
+    n, height, width, channels = x.shape
+    k = labels.shape[1]
+    digits = x.reshape(n, height, k, width // k, channels).transpose(0, 2, 1, 3, 4)
+    return digits.reshape(n * k, height, width // k, channels), labels.reshape(-1)
+
+
+def digit_classifier(shape: tuple[int, ...], seed: int) -> metrics.DigitsClassifier:
+    """The digits classifier of single digits shaped (H, W, C) in [0, 1], trained on the training split of
+    scikit-learn's digits at that size drawn with `seed` (the split every digits data set uses)."""
+    height, width, channels = shape
+    if height != width:
+        raise ValueError(f"digits are square; images of {height}x{width} digits cannot be scored.")
+    digits = data_lib.build_dataset(data_lib.DataConfig("digits", image_size=height, num_channels=channels,
+                                                        seed=seed))
+    return metrics.train_digits_classifier(digits)
+
+
+def autoencoder_metrics(objective: autoencoder.AutoencoderObjective, params: Any,
+                        dataset: data_lib.Dataset) -> Figures:
+    """Reconstruction error of the test images, the class agreement of their reconstructed digits and the
+    latent scale factor (see the module docstring) of a trained autoencoder; `dataset`: its data."""
+    mu, logvar = autoencoder.in_chunks(objective.posterior, params, dataset.scale(dataset.train))
+    test = dataset.test
+    z, _ = autoencoder.in_chunks(objective.posterior, params, dataset.scale(test))
+    decoded = np.asarray(dataset.unscale(autoencoder.in_chunks(objective.decode, params, z)))
+    reconstruction = np.clip(decoded, 0.0, 1.0)
+    figures = {"reconstruction_mse": float(np.mean((reconstruction - test) ** 2)),
+               "reconstruction_mae": float(np.mean(np.abs(reconstruction - test))),
+               "latent_scale_factor": autoencoder.scale_factor(mu),
+               "posterior_std_over_latent_std": float(np.mean(np.exp(0.5 * logvar)) / np.std(mu))}
+    if dataset.test_labels is None:
+        return figures
+    digits, labels = tiles(test, dataset.test_labels)
+    classifier = digit_classifier(digits.shape[1:], dataset.seed)
+    return {**figures,
+            "reconstruction_class_agreement": metrics.classifier_accuracy(
+                classifier, tiles(reconstruction, dataset.test_labels)[0], labels),
+            "test_class_agreement": metrics.classifier_accuracy(classifier, digits, labels),
+            "digits_scored": len(labels)}
+
+
 LikelihoodFn = Callable[[Any, Array, Array], Figures]
 
 
@@ -143,11 +191,12 @@ def likelihood_fn(
 
     Args:
       objective: the run's `scoresde.objective.Objective` (its SDE and score parametrization).
-      dataset: sets the unit (images: bits/dim over the data range) and the default divergence estimator
-        (images: Rademacher, Hutchinson 1989; points: exact).
+      dataset: sets the unit (images: bits/dim over the data range; other data, points or latents: nats per
+        example) and the default divergence estimator (points [N, D]: exact; images and latents:
+        Rademacher, Hutchinson 1989).
       divergence: overrides that estimator ("exact", "rademacher" or "gaussian").
     """
-    divergence = divergence or ("rademacher" if dataset.is_image else "exact")
+    divergence = divergence or ("exact" if len(dataset.shape) == 1 else "rademacher")
     data_range = (-1.0, 1.0) if dataset.centered else (0.0, 1.0)
 
     @jax.jit

@@ -24,9 +24,11 @@ from flax import struct
 from scoresde import checkpoint, guidance, parallel, plots
 from scoresde import data as data_lib
 from scoresde import workdir as workdir_lib
+from scoresde.autoencoder import AutoencoderObjective
 from scoresde.classifier import ClassifierObjective, LogProbFn
 from scoresde.config import Config
-from scoresde.models import CLASSIFIERS
+from scoresde.latent import LatentSpace, build_latent_space
+from scoresde.models import AUTOENCODERS, CLASSIFIERS
 from scoresde.objective import Objective
 from scoresde.optim import build_optimizer
 from scoresde.samplers import Sampler, sample
@@ -41,15 +43,23 @@ class Experiment:
     """Everything a config builds, once: data, objective, optimizer, samplers, and the config itself.
 
     `sampler` is the config's `sampling` section (sample, eval); `snapshot_sampler` draws the pictures of
-    training snapshots (`training.snapshot_sampler`, `training.snapshot_num_steps`).
+    training snapshots (`training.snapshot_sampler`, `training.snapshot_num_steps`). `dataset` is what the
+    network is trained on: for a latent score model (`model.autoencoder_workdir`) the scaled latents of
+    `latent`, whose decoder turns samples into images.
     """
 
     config: Config
     dataset: data_lib.Dataset
-    objective: Objective | ClassifierObjective
+    objective: Objective | ClassifierObjective | AutoencoderObjective
     optimizer: optax.GradientTransformation
     sampler: Sampler
     snapshot_sampler: Sampler
+    latent: LatentSpace | None = None
+
+    @property
+    def output_dataset(self) -> data_lib.Dataset:
+        """The data samples come out as: a latent model's images, else `dataset` itself."""
+        return self.dataset if self.latent is None else self.latent.images
 
     @property
     def example_shape(self) -> tuple[int, ...]:
@@ -113,8 +123,19 @@ def _classifier_objective(config: Config, images: bool) -> ClassifierObjective:
                                eps=config.training.eps, center_input=images and not config.data.centered)
 
 
-# What a network is trained for (`training.objective`).
-_OBJECTIVES = {"score": _score_objective, "classifier": _classifier_objective}
+def _autoencoder_objective(config: Config, images: bool) -> AutoencoderObjective:
+    require(images, f"training.objective='autoencoder' trains on images; {config.data.dataset!r} holds points.")
+    require(config.model.autoencoder_workdir is None,
+            "training.objective='autoencoder' trains on the data itself; model.autoencoder_workdir is for "
+            "latent score models.")
+    return AutoencoderObjective(model=config.model.build_model(), kl_weight=config.training.kl_weight,
+                                center_input=not config.data.centered)
+
+
+# What a network is trained for (`training.objective`), and the networks each one trains.
+_OBJECTIVES = {"score": _score_objective, "classifier": _classifier_objective,
+               "autoencoder": _autoencoder_objective}
+_NETWORKS = {"classifier": CLASSIFIERS, "autoencoder": AUTOENCODERS}
 
 
 def build_objective(config: Config, *, images: bool) -> Objective | ClassifierObjective:
@@ -123,13 +144,16 @@ def build_objective(config: Config, *, images: bool) -> Objective | ClassifierOb
 
     Raises:
       ValueError: for an unknown objective (listing the valid ones), or a network the objective cannot train
-        (the classifier objective trains `scoresde.models.CLASSIFIERS`, the score objective every other one).
+        (the classifier objective trains `scoresde.models.CLASSIFIERS`, the autoencoder objective
+        `scoresde.models.AUTOENCODERS`, the score objective every other one).
     """
     name, network = config.training.objective, config.model.name
     require(name in _OBJECTIVES, f"unknown training.objective {name!r}; valid names: {sorted(_OBJECTIVES)}.")
-    require((network in CLASSIFIERS) == (name == "classifier"),
+    owner = next((objective for objective, names in _NETWORKS.items() if network in names), "score")
+    require(owner == name,
             f"training.objective={name!r} cannot train model.name={network!r}: the classifier objective "
-            f"trains the networks {list(CLASSIFIERS)}, the score objective every other one.")
+            f"trains the networks {list(CLASSIFIERS)}, the autoencoder objective {list(AUTOENCODERS)}, the "
+            f"score objective every other one.")
     return _OBJECTIVES[name](config, images)
 
 
@@ -148,8 +172,39 @@ def build_experiment(config: Config) -> Experiment:
     snapshot_sampler = config.sampling.build_sampler(t.snapshot_sampler, t.snapshot_num_steps)
     dataset = data_lib.build_dataset(config.data)
     check_labels(dataset, config.model.num_classes)
-    return Experiment(config, dataset, build_objective(config, images=dataset.is_image),
-                      build_optimizer_of(config), sampler, snapshot_sampler)
+    objective = build_objective(config, images=dataset.is_image)
+    latent = None
+    if config.model.autoencoder_workdir is not None:
+        latent = load_latent_space(config.model.autoencoder_workdir, dataset)
+    return Experiment(config, dataset if latent is None else latent.dataset, objective,
+                      build_optimizer_of(config), sampler, snapshot_sampler, latent)
+
+
+def load_latent_space(workdir: str, images: data_lib.Dataset) -> LatentSpace:
+    """The latent space of `images` under the trained autoencoder of the run in `workdir`.
+
+    Raises:
+      ValueError: one line naming `model.autoencoder_workdir` if `workdir` holds no run, a run that is not an
+        autoencoder, one still training (its newest intact checkpoint is not its final step), or one trained
+        on images of another shape or channel count.
+    """
+    what = f"model.autoencoder_workdir={workdir}"
+    try:
+        autoencoder, state = restore(workdir)
+    except ValueError as error:
+        raise ValueError(f"{what}: {error}") from error
+    config = autoencoder.config
+    require(isinstance(autoencoder.objective, AutoencoderObjective),
+            f"{what} holds a {config.training.objective!r} run, not an autoencoder "
+            "(training.objective='autoencoder', e.g. configs/latent/autoencoder.py).")
+    step, final = int(state.step), config.training.n_iters
+    require(step == final, f"{what} is still training: its newest checkpoint is step {step} of {final}; a "
+                           "latent model needs its final one (run its training to the end).")
+    require(autoencoder.dataset.shape == images.shape,
+            f"{what} encodes images shaped {autoencoder.dataset.shape} (height, width, channels), but this "
+            f"config's data are shaped {images.shape}; set data.image_size and data.num_channels to match it.")
+    return build_latent_space(str(workdir), autoencoder.objective, state.ema_params,
+                              autoencoder.dataset.centered, images)
 
 
 def restore(workdir: pathlib.Path | str) -> tuple[Experiment, SamplingState]:
@@ -250,7 +305,7 @@ def sampling_fn(
 ) -> Callable[..., tuple[np.ndarray, int]]:
     """(params, key, cond=None) -> (num_samples samples in the data's stored range, NFE), compiled once.
 
-    Images come back in [0, 1], points as given; `sampler` defaults to the config's. `cond`: the class
+    Images come back in [0, 1], points as given, a latent model's samples decoded into images; `sampler` defaults to the config's. `cond`: the class
     label(s) of a class-conditional run, one int or [num_samples]; None samples its unconditional score (its
     null class). `guidance_scale`: classifier-free guidance towards `cond` (see `class_score_fn`).
 
@@ -270,7 +325,8 @@ def sampling_fn(
 
     def draw(params, key, cond, shape, axis_name=None):
         score_fn = class_score_fn(objective, params, cond, guidance_scale)
-        return sample(key, objective.sde, score_fn, shape, sampler, denoise=denoise, axis_name=axis_name)
+        x, nfe = sample(key, objective.sde, score_fn, shape, sampler, denoise=denoise, axis_name=axis_name)
+        return (x if experiment.latent is None else experiment.latent.decode(x)), nfe
 
     @jax.jit
     def draw_batch(params, key, cond):
@@ -313,6 +369,6 @@ def sampling_fn(
 
 def write_samples_png(path: pathlib.Path, experiment: Experiment, x: np.ndarray, title: str) -> None:
     """A scatter over held-out data for points, an image grid (at most 64) for images."""
-    dataset = experiment.dataset
+    dataset = experiment.output_dataset
     reference = None if dataset.is_image else dataset.test
     plots.samples_png(path, np.clip(x[:64], 0.0, 1.0) if dataset.is_image else x, reference, title=title)

@@ -119,7 +119,7 @@ def test_the_digits_classifier_beats_chance_after_a_short_run(tmp_path):
 @pytest.mark.parametrize("overrides,message", [
     ({"training.objective": "score"}, "training.objective='score' cannot train model.name='classifier_mlp'"),
     ({"training.objective": "classify"},
-     "unknown training.objective 'classify'; valid names: ['classifier', "),
+     "unknown training.objective 'classify'; valid names: ['autoencoder', 'classifier', "),
     ({"data.dataset": "checkerboard"}, "needs a dataset with labels; 'checkerboard' has none"),
     ({"model.num_classes": 4}, "the data's labels lie in [0, 7]; they must lie in [0, 4)"),
 ])

@@ -160,8 +160,8 @@ def _npz_without_x(path: pathlib.Path) -> pathlib.Path:
 # (config flags, a fragment of the expected message); each run must fail before touching its workdir.
 BAD_TRAIN_INPUT = {
     "unknown model": (["--config.model.name=mlpp"],
-                      "unknown model 'mlpp'; valid names: ['classifier_conv', 'classifier_mlp', 'ddpm', "
-                      "'ddpmpp', 'mlp',"),
+                      "unknown model 'mlpp'; valid names: ['autoencoder', 'classifier_conv', 'classifier_mlp', "
+                      "'ddpm', 'ddpmpp', 'mlp',"),
     "unknown sde": (["--config.training.sde=vp"],
                     "unknown SDE 'vp'; valid names: ['subvpsde', 'vesde', 'vpsde']"),
     "no discrete loss": (["--config.training.sde=subvpsde", "--config.training.continuous=False"],

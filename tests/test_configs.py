@@ -26,7 +26,8 @@ CIFAR10_PARAMETERS = {
 TOY_CONFIGS = ("toy/checkerboard", "toy/swiss_roll", "toy/mixture", "toy/rings", "toy/two_moons")
 SDE_CONFIGS = [(path, sde) for path in (*TOY_CONFIGS, "digits/ddpmpp", "digits/small", "digits/conditional")
                for sde in ("vpsde", "subvpsde", "vesde")]
-ALL_CONFIGS = [(path, ()) for path in ["default", *CIFAR10_PARAMETERS]] + [(p, (s,)) for p, s in SDE_CONFIGS]
+ALL_CONFIGS = ([(path, ()) for path in ["default", *CIFAR10_PARAMETERS, "latent/autoencoder", "latent/digits"]]
+               + [(p, (s,)) for p, s in SDE_CONFIGS])
 
 
 def _config(path, *args) -> config_lib.Config:

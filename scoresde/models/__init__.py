@@ -1,22 +1,27 @@
-"""Flax score networks, noise-conditional classifiers and `build_model`, the one place model names resolve."""
+"""Flax score networks, noise-conditional classifiers, the latent autoencoder and `build_model`, the one place
+model names resolve."""
 
 import dataclasses
 from typing import Any
 
 import flax.linen as nn
 
+from scoresde.models.autoencoder import KLAutoencoder
 from scoresde.models.classifier import ClassifierConvNet, ClassifierMLP
 from scoresde.models.ddpm import DDPM
 from scoresde.models.mlp import ScoreMLP
 from scoresde.models.ncsnpp import NCSNpp
 
-__all__ = ["CLASSIFIERS", "ClassifierConvNet", "ClassifierMLP", "DDPM", "NCSNpp", "ScoreMLP", "build_model"]
+__all__ = ["AUTOENCODERS", "CLASSIFIERS", "ClassifierConvNet", "ClassifierMLP", "DDPM", "KLAutoencoder", "NCSNpp",
+           "ScoreMLP", "build_model"]
 
 # DDPM++ is NCSN++ with other options (Song et al. 2021, appendix H.1), hence one class for both names.
 _MODELS = {"mlp": ScoreMLP, "ncsnpp": NCSNpp, "ddpmpp": NCSNpp, "ddpm": DDPM,
-           "classifier_mlp": ClassifierMLP, "classifier_conv": ClassifierConvNet}
+           "classifier_mlp": ClassifierMLP, "classifier_conv": ClassifierConvNet, "autoencoder": KLAutoencoder}
 # The networks that output class logits [B, num_classes] instead of an array shaped like x.
 CLASSIFIERS = ("classifier_mlp", "classifier_conv")
+# The networks that encode images to a latent and decode it back (`scoresde.models.autoencoder`).
+AUTOENCODERS = ("autoencoder",)
 
 
 def build_model(name: str, **kwargs: Any) -> nn.Module:
@@ -27,7 +32,8 @@ def build_model(name: str, **kwargs: Any) -> nn.Module:
     takes `num_classes` (default 0, unconditional); a class-conditional one takes cond: [B] int labels in
     [0, num_classes), or None (or the label num_classes) for its unconditional "null" class. The
     `CLASSIFIERS` are called as `model.apply(variables, x, noise_label, train=False, rngs=...)` and return
-    logits [B, num_classes] (`scoresde.models.classifier`).
+    logits [B, num_classes] (`scoresde.models.classifier`). The `AUTOENCODERS` take no classes and are called
+    as `model.apply(variables, x, noise)` (`scoresde.models.autoencoder`).
 
     Raises:
       ValueError: for an unknown name or option (listing the valid ones), or an invalid option value.
