@@ -146,6 +146,17 @@ def markdown(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def write_rows(path: str, rows: list[dict], table: str) -> None:
+    """Writes `rows` as JSON, with the device and JAX version, to `path`, and prints `table`."""
+    payload = {"device": f"{jax.devices()[0].device_kind} x{jax.device_count()}", "jax": jax.__version__,
+               "rows": rows}
+    out = pathlib.Path(path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(payload, indent=2) + "\n")
+    print(table)
+    print(f"wrote {out}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--configs", default="toy/checkerboard,digits/ddpmpp")
@@ -155,13 +166,7 @@ def main() -> None:
     jax.config.update("jax_compilation_cache_dir", cache.name)
     jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
     rows = [benchmark(path, n) for path in args.configs.split(",") for n in (1, 5)]
-    payload = {"device": f"{jax.devices()[0].device_kind} x{jax.device_count()}", "jax": jax.__version__,
-               "rows": rows}
-    out = pathlib.Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(payload, indent=2) + "\n")
-    print(markdown(rows))
-    print(f"wrote {out}")
+    write_rows(args.out, rows, markdown(rows))
 
 
 if __name__ == "__main__":

@@ -4,11 +4,11 @@ Sections and field names are the reference implementation's (yang-song/score_sde
 for CIFAR-10 where it has the field; `scoresde.config` documents each field and converts this ConfigDict into
 typed dataclasses. Fields not in the reference: training.importance_weighting, training.eps,
 training.keep_checkpoints, training.cond_dropout, training.objective, training.kl_weight,
-training.snapshot_sampler /
-snapshot_num_steps, training.skip_nonfinite, optim.cosine_decay,
-model.parametrization, model.num_classes, model.autoencoder_workdir, data.path / npz_key / label_key /
-test_fraction / num_train / num_test. The `model` section's keys other than name, ema_rate, parametrization,
-sigma_*, beta_*, num_scales and num_classes are options of the network `model.name` (here the MLP's).
+training.snapshot_sampler / snapshot_num_steps, training.skip_nonfinite, training.compute_dtype / param_dtype,
+optim.cosine_decay, model.parametrization, model.num_classes, model.autoencoder_workdir, data.path / npz_key /
+label_key / test_fraction / num_train / num_test. The `model` section's keys other than name, ema_rate,
+parametrization, sigma_*, beta_*, num_scales and num_classes are options of the network `model.name` (here the
+MLP's).
 """
 
 import ml_collections
@@ -41,6 +41,8 @@ def get_config() -> ml_collections.ConfigDict:
     training.snapshot_sampler = "dpm_solver_pp"
     training.snapshot_num_steps = config_dict.FieldReference(10, field_type=int)  # None: the sampler's own
     training.skip_nonfinite = False  # True: skip (and count) steps with a NaN or Inf loss or gradient
+    training.compute_dtype = "float32"  # "bfloat16": the network computes in bfloat16 (mixed precision)
+    training.param_dtype = "float32"  # parameters, optimizer state and EMA: float32 master weights
 
     config.sampling = sampling = ml_collections.ConfigDict()
     sampling.method = "pc"

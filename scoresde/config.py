@@ -16,7 +16,7 @@ resumes, and its config compares equal to today's config of the same run (`with_
 
 Example:
     >>> config = from_dict(runpy.run_path("configs/toy/checkerboard.py")["get_config"]().to_dict())
-    >>> sde, model = config.build_sde(), config.model.build_model()
+    >>> sde, model = config.build_sde(), config.build_model()
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ import ml_collections
 from scoresde import data as data_lib
 from scoresde import losses, samplers
 from scoresde import sde as sde_lib
-from scoresde.models import AUTOENCODERS, build_model, parametrization
+from scoresde.models import AUTOENCODERS, COMPUTE_DTYPES, PARAM_DTYPES, build_model, parametrization
 from scoresde.samplers.base import require
 
 
@@ -87,6 +87,13 @@ class TrainingConfig:
       snapshot_num_steps: its steps; None: the sampler's own default (adaptive ones choose their steps).
       skip_nonfinite: a step whose loss or gradients are NaN or Inf leaves the state as it was and is counted
         (`skipped_nonfinite` in metrics.jsonl); False stops training with an error naming the step.
+      compute_dtype: what the network computes in, "float32" or "bfloat16" (mixed precision: Micikevicius et
+        al. 2018). Its parameters, their gradients, the optimizer state, the EMA, the loss, times, noise
+        levels and the samplers' states stay float32; so does the network's output.
+      param_dtype: what the parameters are stored in: "float32" only (master weights). bfloat16 weights
+        would lose updates: with 8 significant bits, a change smaller than 2^-9 of a weight rounds to
+        nothing, so an EMA at ema_rate 0.999 (an increment of 1e-3 |p - ema|) would never move while
+        |p - ema| < 1.95 |ema|, nor would a weight under an Adam step that small.
     """
 
     sde: str
@@ -110,6 +117,8 @@ class TrainingConfig:
     snapshot_sampler: str
     snapshot_num_steps: int | None
     skip_nonfinite: bool
+    compute_dtype: str
+    param_dtype: str
 
     def __post_init__(self):
         require(self.batch_size >= 1, f"training.batch_size must be >= 1; got {self.batch_size}.")
@@ -121,6 +130,14 @@ class TrainingConfig:
                 f"training.keep_checkpoints must be >= 0; got {self.keep_checkpoints}.")
         require(self.snapshot_num_steps is None or self.snapshot_num_steps >= 1,
                 f"training.snapshot_num_steps must be >= 1 or None; got {self.snapshot_num_steps}.")
+        require(self.compute_dtype in COMPUTE_DTYPES,
+                f"training.compute_dtype={self.compute_dtype!r} is not allowed; valid values: "
+                f"{sorted(COMPUTE_DTYPES)}.")
+        require(self.param_dtype in PARAM_DTYPES,
+                f"training.param_dtype={self.param_dtype!r} is not allowed; valid values: "
+                f"{sorted(PARAM_DTYPES)} (float32 master weights: in bfloat16 the EMA and small Adam updates "
+                "round to nothing). "
+                "training.compute_dtype='bfloat16' runs the network in bfloat16.")
         for key in ("n_iters", "log_freq", "eval_freq", "snapshot_freq", "snapshot_freq_for_preemption"):
             value = getattr(self, key)
             require(value >= 1 and value % self.n_jitted_steps == 0,
@@ -247,11 +264,23 @@ class ModelConfig:
         # the "score" parametrization (the reference's VE models).
         require(not self.network.get("scale_by_sigma") or self.parametrization == "score",
                 f"model.scale_by_sigma needs model.parametrization='score'; got {self.parametrization!r}.")
+        for key in ("dtype", "param_dtype"):
+            require(key not in self.network,
+                    f"model.{key} is not a config key: the network's dtypes are training.compute_dtype and "
+                    "training.param_dtype.")
 
-    def build_model(self):
-        """The network; an autoencoder takes no classes (model.num_classes 0), every other one does."""
-        classes = {} if self.name in AUTOENCODERS and not self.num_classes else {"num_classes": self.num_classes}
-        return build_model(self.name, **classes, **self.network)
+    def build_model(self, compute_dtype: str = "float32", param_dtype: str = "float32"):
+        """The network, computing in `compute_dtype` with parameters in `param_dtype` (names of
+        `COMPUTE_DTYPES` and `PARAM_DTYPES`); an autoencoder takes no classes (model.num_classes 0) and no
+        dtypes (float32 only), every other network both."""
+        if self.name in AUTOENCODERS:
+            require(compute_dtype == "float32",
+                    f"training.compute_dtype={compute_dtype!r} is not allowed for model.name={self.name!r}, "
+                    "which computes in float32 only.")
+            return build_model(self.name, **({"num_classes": self.num_classes} if self.num_classes else {}),
+                               **self.network)
+        return build_model(self.name, num_classes=self.num_classes, dtype=COMPUTE_DTYPES[compute_dtype],
+                           param_dtype=PARAM_DTYPES[param_dtype], **self.network)
 
     def build_parametrization(self) -> parametrization.Parametrization:
         return parametrization.build_parametrization(self.parametrization)
@@ -280,6 +309,10 @@ class Config:
         params = {k: getattr(self.model, k) for k in ("sigma_min", "sigma_max", "beta_min", "beta_max")}
         return sde_lib.build_sde(self.training.sde, **{k: float(v) for k, v in params.items() if k in fields})
 
+    def build_model(self):
+        """The network of the `model` section in the dtypes of the `training` section."""
+        return self.model.build_model(self.training.compute_dtype, self.training.param_dtype)
+
     def build_loss(self) -> losses.Loss:
         t = self.training
         return losses.build_loss(t.loss_name, reduce_mean=t.reduce_mean, eps=t.eps,
@@ -307,6 +340,8 @@ ADDED_KEYS: dict[tuple[str, str], Any] = {
     ("training", "skip_nonfinite"): False,
     ("training", "kl_weight"): 1e-6,
     ("model", "autoencoder_workdir"): None,
+    ("training", "compute_dtype"): "float32",
+    ("training", "param_dtype"): "float32",
 }
 
 

@@ -99,7 +99,7 @@ class SamplingState:
 
 
 def _score_objective(config: Config, images: bool) -> Objective:
-    return Objective(model=config.model.build_model(), sde=config.build_sde(),
+    return Objective(model=config.build_model(), sde=config.build_sde(),
                      parametrization=config.model.build_parametrization(), loss=config.build_loss(),
                      center_input=images and not config.data.centered,
                      cond_dropout=config.training.cond_dropout)
@@ -119,7 +119,7 @@ def check_labels(dataset: data_lib.Dataset, num_classes: int) -> None:
 
 
 def _classifier_objective(config: Config, images: bool) -> ClassifierObjective:
-    return ClassifierObjective(model=config.model.build_model(), sde=config.build_sde(),
+    return ClassifierObjective(model=config.build_model(), sde=config.build_sde(),
                                eps=config.training.eps, center_input=images and not config.data.centered)
 
 
@@ -128,7 +128,7 @@ def _autoencoder_objective(config: Config, images: bool) -> AutoencoderObjective
     require(config.model.autoencoder_workdir is None,
             "training.objective='autoencoder' trains on the data itself; model.autoencoder_workdir is for "
             "latent score models.")
-    return AutoencoderObjective(model=config.model.build_model(), kl_weight=config.training.kl_weight,
+    return AutoencoderObjective(model=config.build_model(), kl_weight=config.training.kl_weight,
                                 center_input=not config.data.centered)
 
 

@@ -5,6 +5,7 @@ import dataclasses
 from typing import Any
 
 import flax.linen as nn
+import jax.numpy as jnp
 
 from scoresde.models.autoencoder import KLAutoencoder
 from scoresde.models.classifier import ClassifierConvNet, ClassifierMLP
@@ -12,8 +13,8 @@ from scoresde.models.ddpm import DDPM
 from scoresde.models.mlp import ScoreMLP
 from scoresde.models.ncsnpp import NCSNpp
 
-__all__ = ["AUTOENCODERS", "CLASSIFIERS", "ClassifierConvNet", "ClassifierMLP", "DDPM", "KLAutoencoder", "NCSNpp",
-           "ScoreMLP", "build_model"]
+__all__ = ["AUTOENCODERS", "CLASSIFIERS", "COMPUTE_DTYPES", "ClassifierConvNet", "ClassifierMLP", "DDPM",
+           "KLAutoencoder", "NCSNpp", "PARAM_DTYPES", "ScoreMLP", "build_model"]
 
 # DDPM++ is NCSN++ with other options (Song et al. 2021, appendix H.1), hence one class for both names.
 _MODELS = {"mlp": ScoreMLP, "ncsnpp": NCSNpp, "ddpmpp": NCSNpp, "ddpm": DDPM,
@@ -22,6 +23,10 @@ _MODELS = {"mlp": ScoreMLP, "ncsnpp": NCSNpp, "ddpmpp": NCSNpp, "ddpm": DDPM,
 CLASSIFIERS = ("classifier_mlp", "classifier_conv")
 # The networks that encode images to a latent and decode it back (`scoresde.models.autoencoder`).
 AUTOENCODERS = ("autoencoder",)
+# The dtypes a network built from a config computes in (`training.compute_dtype`, every network's `dtype`) and
+# stores its parameters in (`training.param_dtype`, `param_dtype`): float32 master weights, always.
+COMPUTE_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+PARAM_DTYPES = {"float32": jnp.float32}
 
 
 def build_model(name: str, **kwargs: Any) -> nn.Module:

@@ -12,15 +12,18 @@ input scaling and trains them.
   blocks, Song et al. 2021 App. H.1), global average pooling and a linear read-out — the shape of Dhariwal &
   Nichol's classifier (their App. A) without its attention pooling.
 
-Call: x, noise_label: [B] (> 0) -> logits [B, num_classes]; `train` switches dropout on.
+Call: x, noise_label: [B] (> 0) -> logits [B, num_classes] in float32; `train` switches dropout on. Both take
+Flax's `dtype` (what the layers compute in) and `param_dtype` (what their parameters are stored in); see
+`layers.precision`.
 """
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from scoresde.models.layers import (NoiseEmbedding, ResnetBlock, act, check_images, check_positive_int,
-                                    check_positive_ints, check_range, conv3x3, default_init, group_norm)
+from scoresde.models.layers import (Dtype, NoiseEmbedding, ResnetBlock, act, check_images, check_positive_int,
+                                    check_positive_ints, check_range, conv3x3, dense, group_norm, output,
+                                    precision)
 from scoresde.models.mlp import MLPBlock
 
 
@@ -38,6 +41,8 @@ class ClassifierMLP(nn.Module):
     width: int = 128
     depth: int = 2
     fourier_scale: float = 1.0
+    dtype: Dtype = jnp.float32
+    param_dtype: Dtype = jnp.float32
 
     def __post_init__(self) -> None:
         for field in ("num_classes", "width", "depth"):
@@ -50,11 +55,12 @@ class ClassifierMLP(nn.Module):
         if x.ndim != 2 or noise_label.shape != x.shape[:1]:
             raise ValueError(f"ClassifierMLP: needs x: [B, D] and noise_label: [B], "
                              f"got {x.shape} and {noise_label.shape}")
-        temb = NoiseEmbedding("fourier", self.width, self.width, self.fourier_scale)(noise_label)
-        h = nn.Dense(self.width, kernel_init=default_init())(x)
+        dtypes = precision(self)
+        temb = NoiseEmbedding("fourier", self.width, self.width, self.fourier_scale, **dtypes)(noise_label)
+        h = dense(self.width, **dtypes)(x)
         for _ in range(self.depth):
-            h = MLPBlock(self.width)(h, temb)
-        return nn.Dense(self.num_classes, kernel_init=default_init())(act(h))
+            h = MLPBlock(self.width, **dtypes)(h, temb)
+        return output(dense(self.num_classes, **dtypes)(act(h)))
 
 
 class ClassifierConvNet(nn.Module):
@@ -75,6 +81,8 @@ class ClassifierConvNet(nn.Module):
     num_res_blocks: int = 1
     dropout: float = 0.0
     fourier_scale: float = 1.0
+    dtype: Dtype = jnp.float32
+    param_dtype: Dtype = jnp.float32
 
     def __post_init__(self) -> None:
         for field in ("num_classes", "nf", "num_res_blocks"):
@@ -87,17 +95,18 @@ class ClassifierConvNet(nn.Module):
     @nn.compact
     def __call__(self, x: jax.Array, noise_label: jax.Array, train: bool = False) -> jax.Array:
         check_images("ClassifierConvNet", x, noise_label, len(self.ch_mult) - 1)
-        temb = NoiseEmbedding("fourier", self.nf, 4 * self.nf, self.fourier_scale)(noise_label)
-        h = conv3x3(self.nf)(x)
+        dtypes = precision(self)
+        temb = NoiseEmbedding("fourier", self.nf, 4 * self.nf, self.fourier_scale, **dtypes)(noise_label)
+        h = conv3x3(self.nf, **dtypes)(x)
         for level, mult in enumerate(self.ch_mult):
             for _ in range(self.num_res_blocks):
                 h = self._block(self.nf * mult)(h, temb, train)
             if level != len(self.ch_mult) - 1:
                 h = self._block(self.nf * mult, resample="down")(h, temb, train)
-        h = jnp.mean(act(group_norm(h)), axis=(1, 2))
-        return nn.Dense(self.num_classes, kernel_init=default_init())(h)
+        h = jnp.mean(output(act(group_norm(h, **dtypes))), axis=(1, 2))  # pooled in float32
+        return output(dense(self.num_classes, **dtypes)(h))
 
     def _block(self, out_ch: int, resample: str | None = None) -> ResnetBlock:
         # init_scale 1: a classifier's residual branches need not start at zero as a score network's output.
         return ResnetBlock(out_ch=out_ch, dropout=self.dropout, skip_rescale=True, init_scale=1.0,
-                           resample=resample, shortcut_init_scale=1.0)
+                           resample=resample, shortcut_init_scale=1.0, **precision(self))

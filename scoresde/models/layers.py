@@ -11,6 +11,14 @@ References:
 
 Every image tensor is NHWC, x: [B, H, W, C]; the noise embedding `temb` is [B, E].
 The activation is SiLU (swish) throughout, as in every [SDE] configuration.
+
+Precision: every layer with parameters takes Flax's `dtype` (the dtype it computes in) and `param_dtype` (the
+dtype its parameters are stored in), both float32 by default; `precision(module)` hands a module's pair on to
+its layers. With dtype=bfloat16 and float32 parameters (mixed precision, Micikevicius et al. 2018, "Mixed
+Precision Training") each layer casts its float32 weights and its input to bfloat16; GroupNorm's statistics
+and the attention softmax are still reduced in float32 (Flax and `jax.nn.dot_product_attention` do so), and
+the noise-level embedding's input, frequencies and sin/cos stay float32: a bfloat16 angle 2 pi sigma W of a
+few hundred radians would be off by a whole period.
 """
 
 import math
@@ -23,7 +31,18 @@ import jax.numpy as jnp
 from scoresde.models.resample import Direction, fir_conv_2d, resample_2d
 
 Initializer = Callable[..., jax.Array]
+Dtype = Any
 act = nn.silu
+
+
+def precision(module: nn.Module) -> dict[str, Dtype]:
+    """The compute and parameter dtypes of `module`, as keyword arguments for the layers it builds."""
+    return {"dtype": module.dtype, "param_dtype": module.param_dtype}
+
+
+def output(h: jax.Array) -> jax.Array:
+    """A network's output in float32 whatever it computed in: losses, scores and samplers stay float32."""
+    return h.astype(jnp.promote_types(h.dtype, jnp.float32))
 
 
 # --------------------------------------------------------------------------------------- option checks
@@ -86,29 +105,35 @@ def default_init(scale: float = 1.0) -> Initializer:
     return nn.initializers.variance_scaling(1e-10 if scale == 0 else scale, "fan_avg", "uniform")
 
 
-def conv3x3(features: int, *, stride: int = 1, init_scale: float = 1.0) -> nn.Conv:
-    """3x3 `SAME` convolution with `default_init(init_scale)` and a zero bias."""
+def conv3x3(features: int, *, stride: int = 1, init_scale: float = 1.0, **dtypes: Dtype) -> nn.Conv:
+    """3x3 `SAME` convolution with `default_init(init_scale)` and a zero bias; `dtypes`: `precision`'s."""
     return nn.Conv(features, (3, 3), strides=(stride, stride), padding="SAME",
-                   kernel_init=default_init(init_scale), bias_init=nn.initializers.zeros)
+                   kernel_init=default_init(init_scale), bias_init=nn.initializers.zeros, **dtypes)
 
 
-def nin(features: int, *, init_scale: float = 0.1) -> nn.Dense:
+def dense(features: int, **dtypes: Dtype) -> nn.Dense:
+    """A dense layer with `default_init()`; `dtypes`: `precision`'s."""
+    return nn.Dense(features, kernel_init=default_init(), **dtypes)
+
+
+def nin(features: int, *, init_scale: float = 0.1, **dtypes: Dtype) -> nn.Dense:
     """Network-in-network layer: a 1x1 convolution written as a dense map over the channel axis.
 
     [DDPM] uses it with `init_scale=0.1` for attention projections and shortcuts; a 1x1 convolution with
     the default scale 1 (BigGAN shortcut, `Combine`) is the same layer with `init_scale=1.0`.
     """
-    return nn.Dense(features, kernel_init=default_init(init_scale), bias_init=nn.initializers.zeros)
+    return nn.Dense(features, kernel_init=default_init(init_scale), bias_init=nn.initializers.zeros, **dtypes)
 
 
-def group_norm(x: jax.Array) -> jax.Array:
-    """GroupNorm with min(C // 4, 32) groups ([SDE]; the same 32 groups as [DDPM] once C >= 128)."""
+def group_norm(x: jax.Array, **dtypes: Dtype) -> jax.Array:
+    """GroupNorm with min(C // 4, 32) groups ([SDE]; the same 32 groups as [DDPM] once C >= 128); its
+    statistics are reduced in float32 whatever `dtypes` (`precision`'s) say."""
     channels = x.shape[-1]
     groups = min(channels // 4, 32)
     if groups == 0 or channels % groups:
         raise ValueError(f"GroupNorm over {channels} channels needs min(C // 4, 32) = {groups} groups "
                          "to divide C; choose nf and ch_mult so that every channel count allows that")
-    return nn.GroupNorm(num_groups=groups)(x)
+    return nn.GroupNorm(num_groups=groups, **dtypes)(x)
 
 
 def residual_sum(x: jax.Array, h: jax.Array, skip_rescale: bool) -> jax.Array:
@@ -143,7 +168,8 @@ class GaussianFourierProjection(nn.Module):
     """Random Fourier features [Fourier]: [sin(2 pi x W), cos(2 pi x W)], W ~ N(0, scale^2) of shape [D, E].
 
     The frequencies `W` live in `params` (as in the reference, so parameter counts agree) but never receive
-    gradients. x: [B] (a scalar per example, W: [E]) or [B, D] -> [B, 2 * embedding_size].
+    gradients. x: [B] (a scalar per example, W: [E]) or [B, D] -> [B, 2 * embedding_size], computed in
+    float32 (or x's dtype, if wider) whatever the network around it computes in.
     """
 
     embedding_size: int
@@ -151,6 +177,7 @@ class GaussianFourierProjection(nn.Module):
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
+        x = x.astype(jnp.promote_types(x.dtype, jnp.float32))
         shape = x.shape[1:] + (self.embedding_size,)
         w = self.param("W", nn.initializers.normal(stddev=self.scale), shape)
         proj = 2 * jnp.pi * jnp.tensordot(x, jax.lax.stop_gradient(w), axes=x.ndim - 1)
@@ -164,22 +191,26 @@ class NoiseEmbedding(nn.Module):
     """Noise-label embedding then Dense-SiLU-Dense ([DDPM] appendix B, [SDE] appendix H.1).
 
     "positional" embeds the label itself (999 t for VP / sub-VP); "fourier" embeds log(label), so the label
-    must be the noise scale sigma(t) > 0 (VE). noise_label: [B] -> [B, features].
+    must be the noise scale sigma(t) > 0 (VE). noise_label: [B] -> [B, features]; the label and its
+    sinusoidal or Fourier features are float32, the two dense layers compute in `dtype`.
     """
 
     embedding_type: str
     embedding_dim: int
     features: int
     fourier_scale: float = 16.0
+    dtype: Dtype = jnp.float32
+    param_dtype: Dtype = jnp.float32
 
     @nn.compact
     def __call__(self, noise_label: jax.Array) -> jax.Array:
         if self.embedding_type == "fourier":
-            emb = GaussianFourierProjection(self.embedding_dim, self.fourier_scale)(jnp.log(noise_label))
+            label = noise_label.astype(jnp.promote_types(noise_label.dtype, jnp.float32))
+            emb = GaussianFourierProjection(self.embedding_dim, self.fourier_scale)(jnp.log(label))
         else:
             emb = sinusoidal_embedding(noise_label, self.embedding_dim)
-        emb = nn.Dense(self.features, kernel_init=default_init())(emb)
-        return nn.Dense(self.features, kernel_init=default_init())(act(emb))
+        emb = dense(self.features, **precision(self))(emb)
+        return dense(self.features, **precision(self))(act(emb))
 
 
 class ClassEmbedding(nn.Module):
@@ -193,6 +224,8 @@ class ClassEmbedding(nn.Module):
 
     num_classes: int
     features: int
+    dtype: Dtype = jnp.float32
+    param_dtype: Dtype = jnp.float32
 
     @nn.compact
     def __call__(self, cond: Optional[jax.Array], batch: int) -> jax.Array:
@@ -200,17 +233,19 @@ class ClassEmbedding(nn.Module):
             cond = jnp.full((batch,), self.num_classes, jnp.int32)
         if cond.shape != (batch,):
             raise ValueError(f"ClassEmbedding: cond shape {cond.shape} must be [B] = {(batch,)}")
-        return nn.Embed(self.num_classes + 1, self.features)(cond)
+        return nn.Embed(self.num_classes + 1, self.features, **precision(self))(cond)
 
 
-def embed_condition(owner: str, num_classes: int, temb: jax.Array, cond: Optional[jax.Array]) -> jax.Array:
+def embed_condition(owner: str, num_classes: int, temb: jax.Array, cond: Optional[jax.Array],
+                    **dtypes: Dtype) -> jax.Array:
     """temb + the class embedding of `cond` for a class-conditional network (`num_classes` > 0); an
-    unconditional one (num_classes = 0) returns temb as it is and refuses labels. temb: [B, E]."""
+    unconditional one (num_classes = 0) returns temb as it is and refuses labels. temb: [B, E]; `dtypes`:
+    `precision`'s."""
     if num_classes == 0:
         if cond is not None:
             raise ValueError(f"{owner}: got class labels, but the network is unconditional (num_classes=0)")
         return temb
-    return temb + ClassEmbedding(num_classes, temb.shape[-1])(cond, temb.shape[0])
+    return temb + ClassEmbedding(num_classes, temb.shape[-1], **dtypes)(cond, temb.shape[0])
 
 
 # ----------------------------------------------------------------------------------- resampling layers
@@ -224,11 +259,14 @@ class FIRConv(nn.Module):
     features: int
     direction: Direction
     fir_kernel: Sequence[int]
+    dtype: Dtype = jnp.float32
+    param_dtype: Dtype = jnp.float32
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
-        weight = self.param("weight", default_init(), (3, 3, x.shape[-1], self.features))
-        bias = self.param("bias", nn.initializers.zeros, (self.features,))
+        weight = self.param("weight", default_init(), (3, 3, x.shape[-1], self.features), self.param_dtype)
+        bias = self.param("bias", nn.initializers.zeros, (self.features,), self.param_dtype)
+        x, weight, bias = nn.dtypes.promote_dtype(x, weight, bias, dtype=self.dtype)
         return fir_conv_2d(x, weight, self.direction, self.fir_kernel) + bias
 
 
@@ -245,6 +283,8 @@ class Resample(nn.Module):
     out_ch: Optional[int] = None
     with_conv: bool = False
     fir_kernel: Optional[Sequence[int]] = None
+    dtype: Dtype = jnp.float32
+    param_dtype: Dtype = jnp.float32
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
@@ -255,10 +295,10 @@ class Resample(nn.Module):
                                  "with_conv=True")
             return resample_2d(x, self.direction, self.fir_kernel)
         if self.fir_kernel is not None:
-            return FIRConv(out_ch, self.direction, self.fir_kernel)(x)
+            return FIRConv(out_ch, self.direction, self.fir_kernel, **precision(self))(x)
         if self.direction == "up":
-            return conv3x3(out_ch)(resample_2d(x, "up"))
-        return conv3x3(out_ch, stride=2)(x)
+            return conv3x3(out_ch, **precision(self))(resample_2d(x, "up"))
+        return conv3x3(out_ch, stride=2, **precision(self))(x)
 
 
 class Combine(nn.Module):
@@ -269,10 +309,12 @@ class Combine(nn.Module):
     """
 
     method: str = "sum"
+    dtype: Dtype = jnp.float32
+    param_dtype: Dtype = jnp.float32
 
     @nn.compact
     def __call__(self, x: jax.Array, y: jax.Array) -> jax.Array:
-        h = nin(y.shape[-1], init_scale=1.0)(x)
+        h = nin(y.shape[-1], init_scale=1.0, **precision(self))(x)
         return h + y if self.method == "sum" else jnp.concatenate([h, y], axis=-1)
 
 
@@ -295,22 +337,25 @@ class ResnetBlock(nn.Module):
     resample: Optional[Direction] = None
     fir_kernel: Optional[Sequence[int]] = None
     shortcut_init_scale: float = 0.1
+    dtype: Dtype = jnp.float32
+    param_dtype: Dtype = jnp.float32
 
     @nn.compact
     def __call__(self, x: jax.Array, temb: Optional[jax.Array], train: bool) -> jax.Array:
         out_ch = self.out_ch or x.shape[-1]
-        h = act(group_norm(x))
+        dtypes = precision(self)
+        h = act(group_norm(x, **dtypes))
         if self.resample is not None:
             h = resample_2d(h, self.resample, self.fir_kernel)
             x = resample_2d(x, self.resample, self.fir_kernel)
-        h = conv3x3(out_ch)(h)
+        h = conv3x3(out_ch, **dtypes)(h)
         if temb is not None:
-            h = h + nn.Dense(out_ch, kernel_init=default_init())(act(temb))[:, None, None, :]
-        h = act(group_norm(h))
+            h = h + dense(out_ch, **dtypes)(act(temb))[:, None, None, :]
+        h = act(group_norm(h, **dtypes))
         h = nn.Dropout(self.dropout)(h, deterministic=not train)
-        h = conv3x3(out_ch, init_scale=self.init_scale)(h)
+        h = conv3x3(out_ch, init_scale=self.init_scale, **dtypes)(h)
         if x.shape[-1] != out_ch or self.resample is not None:
-            x = nin(out_ch, init_scale=self.shortcut_init_scale)(x)
+            x = nin(out_ch, init_scale=self.shortcut_init_scale, **dtypes)(x)
         return residual_sum(x, h, self.skip_rescale)
 
 
@@ -322,12 +367,15 @@ class AttnBlock(nn.Module):
 
     skip_rescale: bool = False
     init_scale: float = 0.0
+    dtype: Dtype = jnp.float32
+    param_dtype: Dtype = jnp.float32
 
     @nn.compact
     def __call__(self, x: jax.Array) -> jax.Array:
         b, height, width, c = x.shape
-        h = group_norm(x)
-        q, k, v = (nin(c)(h).reshape(b, height * width, 1, c) for _ in range(3))
-        h = jax.nn.dot_product_attention(q, k, v).reshape(x.shape)
-        h = nin(c, init_scale=self.init_scale)(h)
+        dtypes = precision(self)
+        h = group_norm(x, **dtypes)
+        q, k, v = (nin(c, **dtypes)(h).reshape(b, height * width, 1, c) for _ in range(3))
+        h = jax.nn.dot_product_attention(q, k, v).reshape(x.shape)  # its softmax runs in float32
+        h = nin(c, init_scale=self.init_scale, **dtypes)(h)
         return residual_sum(x, h, self.skip_rescale)

@@ -4,9 +4,9 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from scoresde.models.layers import (EMBEDDING_TYPES, GaussianFourierProjection, NoiseEmbedding, act,
-                                    check_choice, check_num_classes, check_positive_int, check_range,
-                                    default_init, divide_by_sigma, embed_condition)
+from scoresde.models.layers import (EMBEDDING_TYPES, Dtype, GaussianFourierProjection, NoiseEmbedding, act,
+                                    check_choice, check_num_classes, check_positive_int, check_range, dense,
+                                    divide_by_sigma, embed_condition, output, precision)
 
 
 class MLPBlock(nn.Module):
@@ -16,12 +16,14 @@ class MLPBlock(nn.Module):
     """
 
     width: int
+    dtype: Dtype = jnp.float32
+    param_dtype: Dtype = jnp.float32
 
     @nn.compact
     def __call__(self, h: jax.Array, temb: jax.Array) -> jax.Array:
-        y = nn.Dense(self.width, kernel_init=default_init())(act(h))
-        y = y + nn.Dense(self.width, kernel_init=default_init())(act(temb))
-        return h + nn.Dense(self.width, kernel_init=default_init())(act(y))
+        y = dense(self.width, **precision(self))(act(h))
+        y = y + dense(self.width, **precision(self))(act(temb))
+        return h + dense(self.width, **precision(self))(act(y))
 
 
 class ScoreMLP(nn.Module):
@@ -45,9 +47,11 @@ class ScoreMLP(nn.Module):
         noise embedding.
       input_features: number of random frequencies of x (0: x alone).
       input_scale: standard deviation of those frequencies, in cycles per unit of x.
+      dtype, param_dtype: what the layers compute in and store their parameters in (`layers.precision`);
+        the Fourier features of x and of the noise level are float32 either way.
 
-    Call: x: [B, D], noise_label: [B], cond: [B] int labels or None (the null class) -> [B, D]; `train` is
-    accepted for the common signature.
+    Call: x: [B, D], noise_label: [B], cond: [B] int labels or None (the null class) -> [B, D] in float32;
+    `train` is accepted for the common signature.
     """
 
     width: int = 256
@@ -58,6 +62,8 @@ class ScoreMLP(nn.Module):
     num_classes: int = 0
     input_features: int = 0
     input_scale: float = 1.0
+    dtype: Dtype = jnp.float32
+    param_dtype: Dtype = jnp.float32
 
     def __post_init__(self) -> None:
         check_positive_int("ScoreMLP", "width", self.width)
@@ -76,14 +82,16 @@ class ScoreMLP(nn.Module):
         if x.ndim != 2 or noise_label.shape != x.shape[:1]:
             raise ValueError(f"ScoreMLP: needs x: [B, D] and noise_label: [B], "
                              f"got {x.shape} and {noise_label.shape}")
-        temb = NoiseEmbedding(self.embedding_type, self.width, self.width, self.fourier_scale)(noise_label)
-        temb = embed_condition("ScoreMLP", self.num_classes, temb, cond)
+        dtypes = precision(self)
+        temb = NoiseEmbedding(self.embedding_type, self.width, self.width, self.fourier_scale,
+                              **dtypes)(noise_label)
+        temb = embed_condition("ScoreMLP", self.num_classes, temb, cond, **dtypes)
         features = x
         if self.input_features:
             fourier = GaussianFourierProjection(self.input_features, self.input_scale)(x)
             features = jnp.concatenate([x, fourier], axis=-1)
-        h = nn.Dense(self.width, kernel_init=default_init())(features)
+        h = dense(self.width, **dtypes)(features)
         for _ in range(self.depth):
-            h = MLPBlock(self.width)(h, temb)
-        h = nn.Dense(x.shape[-1], kernel_init=default_init())(act(h))
+            h = MLPBlock(self.width, **dtypes)(h, temb)
+        h = output(dense(x.shape[-1], **dtypes)(act(h)))
         return divide_by_sigma(h, noise_label) if self.scale_by_sigma else h

@@ -13,10 +13,11 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from scoresde.models.layers import (EMBEDDING_TYPES, AttnBlock, Combine, NoiseEmbedding, Resample,
+from scoresde.models.layers import (EMBEDDING_TYPES, AttnBlock, Combine, Dtype, NoiseEmbedding, Resample,
                                     ResnetBlock, act, check_choice, check_images, check_num_classes,
                                     check_positive_int, check_positive_ints, check_range, conv3x3,
-                                    divide_by_sigma, embed_condition, group_norm, residual_sum)
+                                    divide_by_sigma, embed_condition, group_norm, output, precision,
+                                    residual_sum)
 from scoresde.models.resample import Direction
 
 # Residual-block families; the value is the init scale of the block's shortcut projection (see ResnetBlock).
@@ -54,9 +55,10 @@ class NCSNpp(nn.Module):
       num_classes: 0 (unconditional), or the number of classes of a class-conditional network, whose class
         embedding (`layers.ClassEmbedding`, with a null class for the unconditional score) is added to the
         noise embedding; needs `conditional`.
+      dtype, param_dtype: what the layers compute in and store their parameters in (`layers.precision`).
 
     Call: x: [B, H, W, C] as given (no input rescaling), noise_label: [B], cond: [B] int labels or None (the
-    null class) -> [B, H, W, C].
+    null class) -> [B, H, W, C] in float32.
     """
 
     nf: int = 128
@@ -78,6 +80,8 @@ class NCSNpp(nn.Module):
     init_scale: float = 0.0
     scale_by_sigma: bool = False
     num_classes: int = 0
+    dtype: Dtype = jnp.float32
+    param_dtype: Dtype = jnp.float32
 
     def __post_init__(self) -> None:
         owner = type(self).__name__
@@ -107,8 +111,9 @@ class NCSNpp(nn.Module):
         check_images(owner, x, noise_label, len(self.ch_mult) - 1)
         temb = None
         if self.conditional:
-            temb = NoiseEmbedding(self.embedding_type, self.nf, 4 * self.nf, self.fourier_scale)(noise_label)
-            temb = embed_condition(owner, self.num_classes, temb, cond)
+            temb = NoiseEmbedding(self.embedding_type, self.nf, 4 * self.nf, self.fourier_scale,
+                                  **precision(self))(noise_label)
+            temb = embed_condition(owner, self.num_classes, temb, cond, **precision(self))
         elif cond is not None:
             raise ValueError(f"{owner}: got class labels, but conditional=False leaves no embedding to add "
                              "them to")
@@ -116,13 +121,13 @@ class NCSNpp(nn.Module):
         h = self._resblock()(skips[-1], temb, train)
         h = self._attn()(h)
         h = self._resblock()(h, temb, train)
-        h = self._decode(h, skips, x.shape[-1], temb, train)
+        h = output(self._decode(h, skips, x.shape[-1], temb, train))
         return divide_by_sigma(h, noise_label) if self.scale_by_sigma else h
 
     def _encode(self, x: jax.Array, temb: Optional[jax.Array], train: bool) -> list[jax.Array]:
         """Downsampling path; returns every feature map the upsampling path consumes, finest first."""
         pyramid = x
-        skips = [conv3x3(self.nf)(x)]
+        skips = [conv3x3(self.nf, **precision(self))(x)]
         for level, mult in enumerate(self.ch_mult):
             for _ in range(self.num_res_blocks):
                 h = self._resblock(self.nf * mult)(skips[-1], temb, train)
@@ -148,15 +153,16 @@ class NCSNpp(nn.Module):
                 h = self._resample("up", h, temb, train)
         if self.progressive == "output_skip":
             return pyramid
-        return conv3x3(out_channels, init_scale=self.init_scale)(act(group_norm(h)))
+        return self._output_conv(h, out_channels)
 
     def _merge_input_pyramid(self, pyramid: jax.Array, h: jax.Array) -> tuple[jax.Array, jax.Array]:
         """Downsamples the input pyramid to h's resolution and merges it in; returns (h, pyramid)."""
         if self.progressive_input == "input_skip":
-            pyramid = Resample("down", fir_kernel=self._fir_kernel)(pyramid)
-            return Combine(self.progressive_combine)(pyramid, h), pyramid
+            pyramid = Resample("down", fir_kernel=self._fir_kernel, **precision(self))(pyramid)
+            return Combine(self.progressive_combine, **precision(self))(pyramid, h), pyramid
         if self.progressive_input == "residual":
-            pyramid = Resample("down", h.shape[-1], with_conv=True, fir_kernel=self._fir_kernel)(pyramid)
+            pyramid = Resample("down", h.shape[-1], with_conv=True, fir_kernel=self._fir_kernel,
+                               **precision(self))(pyramid)
             pyramid = residual_sum(pyramid, h, self.skip_rescale)
             return pyramid, pyramid
         return h, pyramid
@@ -168,13 +174,14 @@ class NCSNpp(nn.Module):
         Returns (h, pyramid); with progressive="residual" the pyramid also replaces h.
         """
         if self.progressive == "output_skip":
-            out = conv3x3(out_channels, init_scale=self.init_scale)(act(group_norm(h)))
+            out = self._output_conv(h, out_channels)
             if pyramid is None:
                 return h, out
-            return h, Resample("up", fir_kernel=self._fir_kernel)(pyramid) + out
+            return h, Resample("up", fir_kernel=self._fir_kernel, **precision(self))(pyramid) + out
         if pyramid is None:
-            return h, conv3x3(h.shape[-1])(act(group_norm(h)))
-        pyramid = Resample("up", h.shape[-1], with_conv=True, fir_kernel=self._fir_kernel)(pyramid)
+            return h, conv3x3(h.shape[-1], **precision(self))(act(group_norm(h, **precision(self))))
+        pyramid = Resample("up", h.shape[-1], with_conv=True, fir_kernel=self._fir_kernel,
+                           **precision(self))(pyramid)
         pyramid = residual_sum(pyramid, h, self.skip_rescale)
         return pyramid, pyramid
 
@@ -183,15 +190,21 @@ class NCSNpp(nn.Module):
         """Halves or doubles the resolution: in a residual block ("biggan") or with a `Resample` ("ddpm")."""
         if self.resblock_type == "biggan":
             return self._resblock(resample=direction)(h, temb, train)
-        return Resample(direction, with_conv=self.resamp_with_conv, fir_kernel=self._fir_kernel)(h)
+        return Resample(direction, with_conv=self.resamp_with_conv, fir_kernel=self._fir_kernel,
+                        **precision(self))(h)
 
     def _resblock(self, out_ch: Optional[int] = None, resample: Optional[Direction] = None) -> ResnetBlock:
         return ResnetBlock(out_ch=out_ch, dropout=self.dropout, skip_rescale=self.skip_rescale,
                            init_scale=self.init_scale, resample=resample, fir_kernel=self._fir_kernel,
-                           shortcut_init_scale=RESBLOCK_SHORTCUT_INIT[self.resblock_type])
+                           shortcut_init_scale=RESBLOCK_SHORTCUT_INIT[self.resblock_type], **precision(self))
 
     def _attn(self) -> AttnBlock:
-        return AttnBlock(skip_rescale=self.skip_rescale, init_scale=self.init_scale)
+        return AttnBlock(skip_rescale=self.skip_rescale, init_scale=self.init_scale, **precision(self))
+
+    def _output_conv(self, h: jax.Array, out_channels: int) -> jax.Array:
+        """GroupNorm-SiLU-conv to `out_channels`: the network's last layer, or an output pyramid level's."""
+        dtypes = precision(self)
+        return conv3x3(out_channels, init_scale=self.init_scale, **dtypes)(act(group_norm(h, **dtypes)))
 
     def _maybe_attn(self, h: jax.Array) -> jax.Array:
         return self._attn()(h) if h.shape[1] in self.attn_resolutions else h
