@@ -37,8 +37,9 @@ class LatentSpace:
       centered: the autoencoder saw images in [-1, 1] (its data.centered), else in [0, 1].
       images: the images encoded, in the stored range [0, 1], with their labels.
       scale: s = 1 / std of the training images' latents.
-      dataset: the scaled latents s mu(x) of `images`' train and test splits, with the same labels, served as
-        given (not as images: no rescaling, no dequantization).
+      dataset: the scaled latents s mu(x) of `images`' train and test splits, with the same labels and
+        conditions (class labels or prompts), served as given (not as images: no rescaling, no
+        dequantization).
     """
 
     workdir: str
@@ -74,5 +75,6 @@ def build_latent_space(workdir: str, objective: AutoencoderObjective, params: An
     dataset = data_lib.Dataset(
         name=f"{images.name} latents", train=(scale * train).astype(np.float32),
         test=(scale * latents(images.test)).astype(np.float32), train_labels=images.train_labels,
-        test_labels=images.test_labels, is_image=False, seed=images.seed)
+        test_labels=images.test_labels, train_cond=images.train_cond, test_cond=images.test_cond,
+        is_image=False, seed=images.seed)
     return LatentSpace(workdir, objective, params, centered, images, scale, dataset)
