@@ -13,12 +13,18 @@ And for the float32 run, after the timed steps at the full rate (warm-up off), t
 nonzero Adam updates and EMA increments that bfloat16 weights would round away (bf16(w + u) == bf16(w)): why
 `training.param_dtype` stays float32.
 
-    python benchmarks/mixed_precision.py [--configs=toy/checkerboard,digits/ddpmpp] [--dispatches=4]
-        [--out=out/benchmarks/mixed_precision.json]
+With --quality_steps > 0 it also trains configs/toy/checkerboard.py for that many steps (its cosine decay
+shortened to them) in float32 and in bfloat16 from seed 0, and in float32 from seed 1, and reports the sliced
+W2 between 2,000 samples of the config's sampler drawn with the same key, bfloat16 against float32, beside the
+float32 seed-to-seed and sampling-noise (another key) distances; the ms per step of these longer runs; and the
+exact NLL of 1,000 test points, in nats, of each run, and of the float32 run's weights in a bfloat16 network.
 
-Writes JSON (one row per config and dtype) and prints a Markdown table for the README. On CPU, XLA emulates
-bfloat16 arithmetic (converting to float32 around each operation), so it is not faster there; the gain it
-exists for (half the activation memory and traffic, bfloat16 matrix units) needs a GPU or TPU.
+    python benchmarks/mixed_precision.py [--configs=toy/checkerboard,digits/ddpmpp] [--dispatches=4]
+        [--quality_steps=4000] [--out=out/benchmarks/mixed_precision.json]
+
+Writes JSON (one row per config and dtype, then the quality row) and prints Markdown for the README. On CPU,
+XLA emulates bfloat16 arithmetic (converting to float32 around each operation), so it is not faster there; the
+gain it exists for (half the activation memory and traffic, bfloat16 matrix units) needs a GPU or TPU.
 """
 
 from __future__ import annotations
@@ -31,19 +37,26 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+import scoresde as sd
 from benchmarks.train import load_config, write_rows
 from scoresde import config as config_lib
 from scoresde import experiment as experiment_lib
-from scoresde import parallel, train
+from scoresde import metrics, parallel, train
 
 FLOAT16_NORMAL, FLOAT16_SUBNORMAL = 2.0**-14, 2.0**-24
 
 
-def experiment_of(path: str, dtype: str) -> experiment_lib.Experiment:
-    """configs/<path>.py with a network computing in `dtype`, at the full learning rate from the start."""
+def experiment_of(path: str, dtype: str, *, seed: int | None = None, n_iters: int | None = None
+                  ) -> experiment_lib.Experiment:
+    """configs/<path>.py with a network computing in `dtype`; by default at the full learning rate from the
+    start, else (`n_iters`) with the config's warm-up and a cosine decay over n_iters steps."""
     config = load_config(path)
     config.training.compute_dtype = dtype
-    config.optim.warmup = 0
+    if n_iters is None:
+        config.optim.warmup = 0
+    else:
+        config.training.n_iters = n_iters
+    config.seed = config.seed if seed is None else seed
     return experiment_lib.build_experiment(config_lib.from_config_dict(config))
 
 
@@ -132,6 +145,46 @@ def benchmark(path: str, dispatches: int) -> list[dict]:
     return rows
 
 
+def nll(experiment, params, x: jax.Array) -> float:
+    """Mean exact negative log-likelihood of points x in nats under `experiment`'s network with `params`."""
+    objective = experiment.objective
+    logp = jax.jit(lambda p: sd.log_likelihood(jax.random.PRNGKey(0), objective.sde, objective.score_fn(p), x,
+                                               divergence="exact")[0])(params)
+    return float(-jnp.mean(logp))
+
+
+def quality(steps: int, num_samples: int = 2000) -> dict:
+    """bfloat16 against float32 training of the toy config: samples, likelihood and step time (see above)."""
+    path, runs = "toy/checkerboard", {}
+    for seed, dtype in ((0, "float32"), (0, "bfloat16"), (1, "float32")):
+        experiment = experiment_of(path, dtype, seed=seed, n_iters=steps)
+        timing, state = timed_steps(experiment, steps // experiment.config.training.n_jitted_steps - 1)
+        runs[seed, dtype] = experiment, state, timing["ms_per_step"]
+    draw = lambda seed, dtype, key: experiment_lib.sampling_fn(runs[seed, dtype][0], num_samples)(
+        runs[seed, dtype][1].ema_params, jax.random.PRNGKey(key))[0]
+    reference = draw(0, "float32", 0)
+    distance = lambda x: float(metrics.sliced_wasserstein(jax.random.PRNGKey(3), x, reference))
+    (full, full_state, _), (low, low_state, _) = runs[0, "float32"], runs[0, "bfloat16"]
+    x = jnp.asarray(np.asarray(full.dataset.test)[:1000])
+    return {"config": path, "steps": steps, "ms_per_step_float32": runs[0, "float32"][2],
+            "ms_per_step_bfloat16": runs[0, "bfloat16"][2],
+            "sw2_bfloat16": distance(draw(0, "bfloat16", 0)),
+            "sw2_other_seed": distance(draw(1, "float32", 0)),
+            "sw2_other_noise": distance(draw(0, "float32", 1)),
+            "nll_float32": nll(full, full_state.ema_params, x),
+            "nll_bfloat16": nll(low, low_state.ema_params, x),
+            "nll_float32_weights_in_bfloat16": nll(low, full_state.ema_params, x)}
+
+
+def quality_markdown(row: dict) -> str:
+    return (f"\n{row['config']}, {row['steps']} steps: sliced W2 to the float32 run's samples: bfloat16 "
+            f"{row['sw2_bfloat16']:.4f}, float32 of seed 1 {row['sw2_other_seed']:.4f}, float32 from other "
+            f"noise {row['sw2_other_noise']:.4f}; NLL (nats) float32 {row['nll_float32']:.4f}, bfloat16 "
+            f"{row['nll_bfloat16']:.4f}, float32 weights in bfloat16 "
+            f"{row['nll_float32_weights_in_bfloat16']:.4f}; ms per step float32 "
+            f"{row['ms_per_step_float32']}, bfloat16 {row['ms_per_step_bfloat16']}.")
+
+
 def markdown(rows: list[dict]) -> str:
     lines = ["| config | compute dtype | compile (s) | ms/step | grad vs float32 | zero where float32 is "
              "not | smallest nonzero grad | float32 grads below fp16 normal / subnormal |", "|" + "---|" * 8]
@@ -152,10 +205,15 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--configs", default="toy/checkerboard,digits/ddpmpp")
     parser.add_argument("--dispatches", type=int, default=4, help="timed dispatches after the first")
+    parser.add_argument("--quality_steps", type=int, default=4000, help="0: no quality runs")
     parser.add_argument("--out", default="out/benchmarks/mixed_precision.json")
     args = parser.parse_args()
-    rows = [row for path in args.configs.split(",") for row in benchmark(path, args.dispatches)]
-    write_rows(args.out, rows, markdown(rows))
+    rows = [row for path in args.configs.split(",") if path for row in benchmark(path, args.dispatches)]
+    table = markdown(rows)
+    if args.quality_steps:
+        rows.append(quality(args.quality_steps))
+        table += quality_markdown(rows[-1])
+    write_rows(args.out, rows, table)
 
 
 if __name__ == "__main__":

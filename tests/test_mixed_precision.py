@@ -1,5 +1,5 @@
-"""Mixed precision: training.compute_dtype="bfloat16" runs the networks in bfloat16 around float32 master weights,
-while times, noise levels, losses and every sampler's state stay float32."""
+"""Mixed precision: training.compute_dtype="bfloat16" runs the networks in bfloat16 around float32 master
+weights, while times, noise levels, losses and every sampler's state stay float32."""
 
 import collections
 import functools
@@ -212,13 +212,18 @@ def test_bfloat16_training_samples_what_float32_training_samples():
     compiled, keys = {}, jax.random.split(jax.random.PRNGKey(7))
     noise = [jax.random.normal(k, (NUM_SAMPLES, 2)) for k in keys]
     full_run, low_run = _train(0, "float32", compiled), _train(0, "bfloat16", compiled)
-    for a, b in zip(*(jax.tree_util.tree_leaves(train.initial_state(e).params) for e, _ in (full_run, low_run))):
+    starts = (jax.tree_util.tree_leaves(train.initial_state(e).params) for e, _ in (full_run, low_run))
+    for a, b in zip(*starts):
         np.testing.assert_array_equal(a, b)  # both start from the same float32 parameters
+    floating = [leaf.dtype for leaf in jax.tree_util.tree_leaves(low_run[1])
+                if jnp.issubdtype(leaf.dtype, jnp.floating)]
+    assert set(floating) == {jnp.dtype(jnp.float32)}  # params, EMA and Adam state: float32 master weights
     full, other_noise = _samples(*full_run, noise)
     low, = _samples(*low_run, noise[:1])
     other_seed, = _samples(*_train(1, "float32", compiled), noise[:1])
     distance = lambda x, y: float(metrics.sliced_wasserstein(jax.random.PRNGKey(3), x, y))
-    bf16, seed_floor, noise_floor = distance(low, full), distance(other_seed, full), distance(other_noise, full)
+    bf16, seed_floor = distance(low, full), distance(other_seed, full)
+    noise_floor = distance(other_noise, full)
     print(f"sliced W2 to the float32 run: bfloat16 {bf16:.4f}, float32 of seed 1 {seed_floor:.4f}, "
           f"float32 from other noise {noise_floor:.4f}")
     assert bf16 < 0.1 * seed_floor and bf16 < 0.5 * noise_floor
