@@ -185,8 +185,8 @@ def load_latent_space(workdir: str, images: data_lib.Dataset) -> LatentSpace:
 
     Raises:
       ValueError: one line naming `model.autoencoder_workdir` if `workdir` holds no run, a run that is not an
-        autoencoder, one still training (its newest intact checkpoint is not its final step), or one trained
-        on images of another shape or channel count.
+        autoencoder, one still training (its newest intact checkpoint is not its final step), or one that
+        cannot encode `images` (`_check_encodes`).
     """
     what = f"model.autoencoder_workdir={workdir}"
     try:
@@ -200,9 +200,7 @@ def load_latent_space(workdir: str, images: data_lib.Dataset) -> LatentSpace:
     step, final = int(state.step), config.training.n_iters
     require(step == final, f"{what} is still training: its newest checkpoint is step {step} of {final}; a "
                            "latent model needs its final one (run its training to the end).")
-    require(autoencoder.dataset.shape == images.shape,
-            f"{what} encodes images shaped {autoencoder.dataset.shape} (height, width, channels), but this "
-            f"config's data are shaped {images.shape}; set data.image_size and data.num_channels to match it.")
+    _check_encodes(autoencoder, images, what)
     return build_latent_space(str(workdir), autoencoder.objective, state.ema_params,
                               autoencoder.dataset.centered, images)
 
@@ -224,6 +222,18 @@ def restore(workdir: pathlib.Path | str) -> tuple[Experiment, SamplingState]:
     if restored is None:
         raise ValueError(f"{workdir} holds no checkpoint yet.")
     return experiment, SamplingState(**restored)
+
+
+def _check_encodes(autoencoder: Experiment, images: data_lib.Dataset, what: str) -> None:
+    """A fully convolutional autoencoder encodes images of the height and channels it was trained on (the
+    size of the digits it learnt) and of any width divisible by its factor f: single digits and canvases of
+    them alike."""
+    trained, factor = autoencoder.dataset.shape, autoencoder.objective.model.factor
+    fits = (images.is_image and images.shape[0] == trained[0] and images.shape[2] == trained[2]
+            and images.shape[1] % factor == 0)
+    require(fits, f"{what} encodes images {trained[0]} pixels high with {trained[2]} channel(s) and widths "
+                  f"divisible by {factor} (it was trained on images shaped {trained}), but this config's data "
+                  f"are shaped {images.shape}; set data.image_size and data.num_channels to match it.")
 
 
 def check_class_labels(num_classes: int, labels: np.ndarray) -> None:

@@ -16,7 +16,7 @@ one bit for bit; the latents are computed once.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
+from typing import Any, Callable
 
 import jax
 import numpy as np
@@ -50,6 +50,10 @@ class LatentSpace:
     scale: float
     dataset: data_lib.Dataset
 
+    def encode(self, x: Array) -> Array:
+        """The scaled latents s mu(x) of images x: [B, H, W, C] in [0, 1]."""
+        return self.scale * _posterior_mean(self.objective, self.centered)(self.params, x)
+
     def decode(self, z: Array) -> Array:
         """Images in [0, 1] (not clipped) decoded from scaled latents z: [B, h, w, c], D(z / s)."""
         x = self.objective.decode(self.params, z / self.scale)
@@ -67,8 +71,7 @@ def build_latent_space(workdir: str, objective: AutoencoderObjective, params: An
       images: the data of the latent score run.
     """
     def latents(x):
-        mu, _ = in_chunks(objective.posterior, params, data_lib.scaler(centered)(x))
-        return mu
+        return in_chunks(_posterior_mean(objective, centered), params, x)
 
     train = latents(images.train)
     scale = scale_factor(train)
@@ -78,3 +81,8 @@ def build_latent_space(workdir: str, objective: AutoencoderObjective, params: An
         test_labels=images.test_labels, train_cond=images.train_cond, test_cond=images.test_cond,
         is_image=False, seed=images.seed)
     return LatentSpace(workdir, objective, params, centered, images, scale, dataset)
+
+
+def _posterior_mean(objective: AutoencoderObjective, centered: bool) -> Callable[[Any, Array], Array]:
+    """(params, images x: [B, H, W, C] in [0, 1]) -> mu(x), the autoencoder's posterior mean."""
+    return lambda params, x: objective.posterior(params, data_lib.scaler(centered)(x))[0]

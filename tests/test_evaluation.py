@@ -83,3 +83,15 @@ def test_the_exact_score_has_the_nll_of_the_data_density():
     board = _dataset("checkerboard", num_test=50)
     figures = evaluation.likelihood_fn(objective, board)(None, KEY, board.test)
     assert figures["nll_nats_true"] == pytest.approx(math.log(16))
+
+
+def test_tiles_cut_canvases_into_their_digits_left_to_right():
+    digits = np.arange(6 * 8 * 8, dtype=np.float32).reshape(6, 8, 8, 1)
+    canvases = np.concatenate([digits[0::2], digits[1::2]], axis=2)  # [3, 8, 16, 1]: digit 2i left of 2i + 1
+    labels = np.array([[0, 1], [2, 3], [4, 5]])
+    pieces, flat = evaluation.tiles(canvases, labels)
+    np.testing.assert_array_equal(pieces, digits)
+    np.testing.assert_array_equal(flat, np.arange(6))
+    same, single = evaluation.tiles(digits, np.arange(6))
+    np.testing.assert_array_equal(same, digits)
+    np.testing.assert_array_equal(single, np.arange(6))

@@ -23,12 +23,14 @@ from test_bad_inputs import tree_hash
 pytestmark = pytest.mark.slow
 
 AUTOENCODER = ["--config=configs/latent/autoencoder.py", "--noprogress", *tiny_runs.flags({
-    "model.nf": 8, "model.latent_channels": 2, "training.batch_size": 8, "training.n_iters": 2,
+    "data.num_train": 64, "data.num_test": 16, "model.nf": 8, "model.latent_channels": 2,
+    "training.batch_size": 8, "training.n_iters": 2,
     "training.log_freq": 1, "training.eval_freq": 2, "training.snapshot_freq": 2,
     "training.snapshot_freq_for_preemption": 1, "optim.warmup": 0})]
 LATENT = ["--config=configs/latent/digits.py", "--noprogress", *tiny_runs.flags({
     **tiny_runs.TINY_NCSNPP, "model.ch_mult": (1,), "model.attn_resolutions": (), "eval.enable_bpd": True})]
 LATENT_SHAPE = (4, 4, 2)  # 8x8 digits halved once, two latent channels
+CANVAS_LATENT_SHAPE = (4, 8, 2)  # the autoencoder's own data: 8x16 canvases of two digits
 
 
 @pytest.fixture(scope="module")
@@ -75,7 +77,7 @@ def test_the_autoencoder_loss_is_l1_plus_weighted_kl(restored):
     _, (ae, state) = restored
     objective, x = ae.objective, 2.0 * jnp.asarray(ae.dataset.train[:4]) - 1.0  # data.centered: [-1, 1]
     key = jax.random.PRNGKey(3)
-    noise = jax.random.normal(key, (4,) + LATENT_SHAPE)
+    noise = jax.random.normal(key, (4,) + CANVAS_LATENT_SHAPE)
     y, mu, logvar = objective.model.apply({"params": state.ema_params}, x, noise)
     kl = 0.5 * np.sum(np.asarray(mu**2 + jnp.exp(logvar) - 1.0 - logvar).reshape(4, -1), axis=1)
     l1 = np.sum(np.abs(np.asarray(x - y)).reshape(4, -1), axis=1)
@@ -120,9 +122,13 @@ def test_eval_of_an_autoencoder_reports_reconstruction_class_agreement_and_scale
     code, _, err = test_cli.scoresde(monkeypatch, capsys, "eval", f"--workdir={workdir}")
     assert code == 0, err
     figures = json.loads((workdir / "eval" / "step_2.json").read_text())
-    experiment, _ = restored[0]
-    assert figures["latent_scale_factor"] == experiment.latent.scale
-    assert figures["digits_scored"] == len(experiment.output_dataset.test)
+    ae, state = restored[1]
+    canvases = 2.0 * jnp.asarray(ae.dataset.train) - 1.0
+    mu, _ = ae.objective.model.apply({"params": state.ema_params}, canvases, method="encode")
+    assert mu.shape == (len(canvases),) + CANVAS_LATENT_SHAPE
+    np.testing.assert_allclose(figures["latent_scale_factor"], 1.0 / np.std(np.asarray(mu, np.float64)),
+                               rtol=1e-6)
+    assert figures["digits_scored"] == 2 * len(ae.dataset.test)  # each half of a canvas on its own
     assert 0.0 <= figures["reconstruction_class_agreement"] <= 1.0 and figures["reconstruction_mse"] > 0.0
 
 
@@ -146,7 +152,8 @@ def test_a_latent_config_naming_an_unusable_autoencoder_is_one_line_and_writes_n
 def test_a_latent_config_whose_images_the_autoencoder_cannot_encode_is_refused(
         override, shape, runs, monkeypatch, capsys):
     _refused(runs, monkeypatch, capsys, [f"--config.{override}", f"--config.model.autoencoder_workdir={runs['ae']}"],
-             ["encodes images shaped (8, 8, 1)", f"data are shaped {shape}"])
+             ["encodes images 8 pixels high with 1 channel(s) and widths divisible by 2",
+              "trained on images shaped (8, 16, 1)", f"data are shaped {shape}"])
 
 
 def _refused(runs, monkeypatch, capsys, flags, wanted):
@@ -168,3 +175,18 @@ def test_in_chunks_gives_each_example_the_bits_of_any_other_chunking():
     whole = autoencoder.in_chunks(fn, params, x)
     np.testing.assert_array_equal(whole[-5:], autoencoder.in_chunks(fn, params, x[-5:]))
     assert autoencoder.in_chunks(fn, params, x[:0]).shape == (0, 2)
+
+
+@pytest.mark.parametrize("args,wanted", [
+    (["bench", "samplers", "--workdir={latent}", "--outdir={root}/out", "--quick"],
+     "use `scoresde eval` on it"),
+    (["inpaint", "--workdir={latent}", "--input={root}/x.npz", "--mask={root}/x.npz"],
+     "samples autoencoder latents"),
+    (["colorize", "--workdir={latent}", "--input={root}/x.npz"], "samples autoencoder latents"),
+])
+def test_verbs_that_act_on_the_sampled_space_refuse_a_latent_run(args, wanted, runs, monkeypatch, capsys):
+    before = tree_hash(runs["latent"])
+    code, _, err = test_cli.scoresde(monkeypatch, capsys, *[arg.format(**runs) for arg in args])
+    assert code == 2, err
+    assert len(err.strip().splitlines()) == 1 and wanted in err, err
+    assert tree_hash(runs["latent"]) == before and not (runs["root"] / "out").exists()

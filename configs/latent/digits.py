@@ -1,4 +1,5 @@
-"""configs/digits/small.py's DDPM++ in the latent space of configs/latent/autoencoder.py: 4x4x4 latents.
+"""configs/digits/small.py's DDPM++ in the latent space of configs/latent/autoencoder.py: single 8x8 digits
+encoded to 4x4x4 latents by the autoencoder of two-digit canvases (fully convolutional, it encodes both).
 
     scoresde train --config=configs/latent/autoencoder.py --workdir=runs/latent/autoencoder
     scoresde train --config=configs/latent/digits.py --workdir=runs/latent/digits

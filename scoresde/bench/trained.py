@@ -143,6 +143,10 @@ def bench_trained(settings: TrainedBench, *, progress: bool = True) -> GridResul
     require(bool(settings.workdir), "bench samplers on a trained model needs --workdir.")
     by_spec = {spec: samplers.build_sampler(spec) for spec in settings.samplers}
     experiment, state = experiment_lib.restore(settings.workdir)
+    require(experiment.latent is None,
+            f"bench samplers --workdir scores the samples a sampler draws against the data they model; a "
+            f"latent run (model.autoencoder_workdir={experiment.latent and experiment.latent.workdir}) draws "
+            f"autoencoder latents: use `scoresde eval` on it, which scores the decoded images.")
     label = experiment.config.training.sde
     case = lambda: trained_case(experiment, state.ema_params, settings)
     key = jax.random.fold_in(jax.random.PRNGKey(settings.seed), 1)
