@@ -1,20 +1,23 @@
 """Latent against pixel score models: network time per call, samples/s at equal NFE, autoencoder cost.
 
     python benchmarks/latent.py --autoencoder=AE [--pixel=configs/digits/small.py]
-        [--latent=configs/latent/digits.py] [--batch=64] [--num_steps=20] [--repeats=5] [--out=FILE.json]
+        [--latent=configs/latent/digits.py] [--batch=64] [--num_steps=20] [--calls=20] [--repeats=7]
+        [--out=FILE.json]
 
 AE is a trained run of configs/latent/autoencoder.py. Both score models are built from their config files
 with their initial parameters (a network call and a fixed-step solve cost the same whatever the weights);
 the latent config's `model.autoencoder_workdir` is set to AE. For each it reports, at the same batch:
 
-  * network: the median wall time of one jitted score-function call, score_fn(x, t) on a batch of its
-    examples (pixel: the images; latent: the scaled latents), and its parameter count;
+  * network: the wall time of one score-function call, score_fn(x, t) on a batch of its examples (pixel: the
+    images; latent: the scaled latents), from --calls calls chained in one jitted loop, and its parameter
+    count;
   * sampling: samples/s of the config's own sampler path (`experiment.sampling_fn`, the batch drawn at once)
     with DPM-Solver++ at --num_steps steps (the same NFE for both), the latent one including the decode;
   * autoencoder (latent only): encoder and decoder wall time per image at that batch.
 
-Times are medians of --repeats calls after a first, compiling one (`scoresde.bench.timing.time_call`); on a
-shared machine they are noisy, their ratios in one run less so. Prints a Markdown table and writes JSON.
+Times are medians of --repeats rounds after a first, compiling call, each round timing pixel and latent in
+turn, so that a change of load falls on both; on a shared machine they are noisy, their ratios less so.
+Prints a Markdown table and writes JSON.
 """
 
 from __future__ import annotations
@@ -23,14 +26,17 @@ import argparse
 import json
 import pathlib
 import runpy
+import statistics
+import time
+from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax import lax
 
 from scoresde import config as config_lib
 from scoresde import experiment as experiment_lib
-from scoresde.bench.timing import time_call
 
 
 def build(path: str, **model: str) -> experiment_lib.Experiment:
@@ -40,51 +46,73 @@ def build(path: str, **model: str) -> experiment_lib.Experiment:
     return experiment_lib.build_experiment(config_lib.from_config_dict(config))
 
 
-def network_row(experiment: experiment_lib.Experiment, params, batch: int, repeats: int) -> dict:
-    """Median seconds of one score-function call on a batch of training examples, and the parameter count."""
+def network_fn(experiment: experiment_lib.Experiment, params, batch: int, calls: int) -> Callable[[], Any]:
+    """() -> `calls` score-function calls on a batch of training examples, chained in one jitted lax.scan
+    (each call's input depends on the last one's output, as in a sampler), so dispatch is paid once."""
     x = jnp.asarray(experiment.dataset.train[:batch])
     t = jnp.full((batch,), 0.5)
-    score = jax.jit(lambda p, x, t: experiment.objective.score_fn(p)(x, t))
-    _, median = time_call(lambda: score(params, x, t), repeats)
-    count = sum(int(np.prod(leaf.shape)) for leaf in jax.tree_util.tree_leaves(params))
-    return {"example_shape": list(experiment.example_shape), "parameters": count, "network_call_s": median}
+
+    @jax.jit
+    def chain(p, x):
+        score_fn = experiment.objective.score_fn(p)
+        return lax.scan(lambda y, _: (y + 1e-3 * score_fn(y, t), None), x, None, length=calls)[0]
+
+    return lambda: chain(params, x)
 
 
-def sampling_row(experiment: experiment_lib.Experiment, params, batch: int, num_steps: int,
-                 repeats: int) -> dict:
-    """Samples/s and NFE of DPM-Solver++ at num_steps steps through `experiment.sampling_fn`."""
+def sampling_fn(experiment: experiment_lib.Experiment, params, batch: int, num_steps: int) -> Callable:
+    """() -> a batch of samples by DPM-Solver++ at num_steps steps through `experiment.sampling_fn`; and
+    its NFE."""
     sampler = experiment.config.sampling.build_sampler("dpm_solver_pp", num_steps)
     draw = experiment_lib.sampling_fn(experiment, batch, sampler)
-    nfe = draw(params, jax.random.PRNGKey(0))[1]
-    _, median = time_call(lambda: draw(params, jax.random.PRNGKey(1))[0], repeats)
-    return {"nfe": nfe, "sample_batch_s": median, "samples_per_s": batch / median}
+    return lambda: draw(params, jax.random.PRNGKey(0))[0], draw(params, jax.random.PRNGKey(0))[1]
+
+
+def interleaved_medians(fns: dict[str, Callable[[], Any]], repeats: int) -> dict[str, float]:
+    """Median seconds of each function over `repeats` rounds that call every function once in turn, after a
+    first (compiling) call of each: a change of the machine's load falls on all of them alike."""
+    for fn in fns.values():
+        jax.block_until_ready(fn())
+    times = {name: [] for name in fns}
+    for _ in range(repeats):
+        for name, fn in fns.items():
+            start = time.perf_counter()
+            jax.block_until_ready(fn())
+            times[name].append(time.perf_counter() - start)
+    return {name: statistics.median(values) for name, values in times.items()}
 
 
 def autoencoder_row(experiment: experiment_lib.Experiment, batch: int, repeats: int) -> dict:
     """Encoder and decoder seconds per image of the latent experiment's autoencoder, at `batch`."""
     latent = experiment.latent
-    images = jnp.asarray(latent.images.train[:batch])
+    images, latents = jnp.asarray(latent.images.train[:batch]), jnp.asarray(experiment.dataset.train[:batch])
     encode, decode = jax.jit(latent.encode), jax.jit(latent.decode)
-    _, encode_s = time_call(lambda: encode(images), repeats)
-    _, decode_s = time_call(lambda: decode(jnp.asarray(experiment.dataset.train[:batch])), repeats)
-    return {"encode_per_image_s": encode_s / batch, "decode_per_image_s": decode_s / batch,
+    medians = interleaved_medians({"encode": lambda: encode(images), "decode": lambda: decode(latents)},
+                                  repeats)
+    return {"encode_per_image_s": medians["encode"] / batch, "decode_per_image_s": medians["decode"] / batch,
             "latent_scale_factor": latent.scale}
 
 
 def run(args: argparse.Namespace) -> list[dict]:
-    rows = []
-    for name, experiment in (("pixel", build(args.pixel)),
-                             ("latent", build(args.latent, autoencoder_workdir=args.autoencoder))):
-        params = experiment.init_params()
-        row = {"model": name, "batch": args.batch, **network_row(experiment, params, args.batch, args.repeats),
-               **sampling_row(experiment, params, args.batch, args.num_steps, args.repeats)}
-        if experiment.latent is not None:
-            row.update(autoencoder_row(experiment, args.batch, args.repeats))
-        rows.append(row)
-    pixel, latent = rows
+    experiments = {"pixel": build(args.pixel), "latent": build(args.latent, autoencoder_workdir=args.autoencoder)}
+    params = {name: experiment.init_params() for name, experiment in experiments.items()}
+    calls, draws, rows = {}, {}, {}
+    for name, experiment in experiments.items():
+        calls[name] = network_fn(experiment, params[name], args.batch, args.calls)
+        draws[name], nfe = sampling_fn(experiment, params[name], args.batch, args.num_steps)
+        count = sum(int(np.prod(leaf.shape)) for leaf in jax.tree_util.tree_leaves(params[name]))
+        rows[name] = {"model": name, "batch": args.batch, "example_shape": list(experiment.example_shape),
+                      "parameters": count, "nfe": nfe}
+    network = interleaved_medians(calls, args.repeats)
+    sampling = interleaved_medians(draws, args.repeats)
+    for name, row in rows.items():
+        row.update(network_call_s=network[name] / args.calls, sample_batch_s=sampling[name],
+                   samples_per_s=args.batch / sampling[name])
+    rows["latent"].update(autoencoder_row(experiments["latent"], args.batch, args.repeats))
+    pixel, latent = rows["pixel"], rows["latent"]
     latent["network_speedup"] = pixel["network_call_s"] / latent["network_call_s"]
     latent["sampling_speedup"] = latent["samples_per_s"] / pixel["samples_per_s"]
-    return rows
+    return [pixel, latent]
 
 
 def table(rows: list[dict]) -> str:
@@ -106,7 +134,8 @@ def main() -> None:
     parser.add_argument("--latent", default="configs/latent/digits.py")
     parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--num_steps", type=int, default=20)
-    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--calls", type=int, default=20, help="network calls chained per timed run")
+    parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--out", default=None, help="JSON of the rows")
     args = parser.parse_args()
     rows = run(args)
