@@ -23,7 +23,9 @@ from typing import Callable
 import numpy as np
 from tqdm import tqdm
 
-from scoresde import atomic
+from jax.sharding import Mesh
+
+from scoresde import atomic, parallel
 from scoresde.samplers.base import as_int
 from scoresde.stopping import StopSignals
 from scoresde.validation import require
@@ -41,6 +43,21 @@ def check_batch_size(batch_size, name: str = "batch_size") -> int:
     require(isinstance(batch_size, int) and not isinstance(batch_size, bool) and batch_size >= 1,
             f"{name} must be an integer >= 1 (examples drawn per chunk); got {batch_size!r}.")
     return batch_size
+
+
+def check_fits(batch_size: int, num_samples: int, width: int, mesh: Mesh, name: str = "batch_size") -> None:
+    """ValueError, saying what fits, unless chunks of batch_size split over the mesh's devices and, on more
+    than one device, hold at least what they draw at once (a group of `width` examples each), or the whole
+    run: a smaller chunk would draw every device's group for a few of its examples."""
+    devices, note = mesh.size, parallel.processes_note(mesh)
+    require(batch_size % devices == 0 or batch_size >= num_samples,
+            f"{name} {batch_size} does not split over the {devices} devices{note}; use a multiple of "
+            f"{devices}.")
+    at_once = width * devices
+    require(devices == 1 or batch_size >= min(at_once, num_samples),
+            f"{name} {batch_size} is smaller than what the {devices} devices{note} draw at once, a group of "
+            f"eval.batch_size={width} examples each ({at_once}); use --batch_size={at_once} or a multiple "
+            f"of it.")
 
 
 def partial_dir(path: str | pathlib.Path) -> pathlib.Path:
@@ -73,6 +90,8 @@ def chunks_written(partial: pathlib.Path, settings: dict) -> tuple[list[pathlib.
 
 
 def _write_chunk(partial: pathlib.Path, settings: dict, start: int, x: np.ndarray, nfe: int) -> None:
+    if not parallel.is_primary():
+        return
     if not (partial / SETTINGS_FILE).is_file():
         partial.mkdir(parents=True, exist_ok=True)
         atomic.write_text(partial / SETTINGS_FILE, json.dumps(settings, indent=2) + "\n")
@@ -93,6 +112,10 @@ def draw(draw_chunk: DrawChunk, num_samples: int, batch_size: int, partial: path
          progress: bool = True) -> tuple[np.ndarray, int] | None:
     """Draws num_samples examples batch_size at a time, continuing from the chunks already in `partial`.
 
+    On several processes every process calls `draw` alike (each chunk is drawn by all of them together);
+    process 0 alone writes the chunks and shows progress, and the others get None back. A signal to any
+    process stops them all after the same chunk.
+
     Args:
       draw_chunk: (start, stop) -> (x: [stop - start, ...] of examples start .. stop - 1, NFE).
       partial: where chunks are kept (`partial_dir`); made when the first chunk is written.
@@ -107,26 +130,28 @@ def draw(draw_chunk: DrawChunk, num_samples: int, batch_size: int, partial: path
       ValueError: on a bad batch_size or chunks in `partial` drawn with other settings, before any draw.
     """
     batch_size = check_batch_size(batch_size)
-    done = chunks_written(partial, settings)[1]
+    done, primary = chunks_written(partial, settings)[1], parallel.is_primary()
     bar = None  # shown once the first chunk is kept, so a mistake that stops the first one is one line
     try:
         with StopSignals("stopping after the chunk in flight, keeping the chunks written") as stop:
             for start in range(done, num_samples, batch_size):
-                if stop.received is not None:
+                if parallel.any_process(stop.received is not None):
                     break
                 x, nfe = draw_chunk(start, min(start + batch_size, num_samples))
                 _write_chunk(partial, settings, start, x, nfe)
                 done = start + len(x)
                 if bar is None:
-                    bar = tqdm(total=num_samples, initial=start, disable=not progress, unit="sample",
-                               file=sys.stderr)
+                    bar = tqdm(total=num_samples, initial=start, disable=not (progress and primary),
+                               unit="sample", file=sys.stderr)
                 bar.update(len(x))
     finally:
         if bar is not None:
             bar.close()
+    if not primary:
+        return None
     if done < num_samples:
-        print(f"{stop.received}: stopped after {done} of {num_samples} samples, kept in {partial}; run the "
-              f"same command to continue from there.", file=sys.stderr)
+        print(f"{stop.received or 'a signal to another process'}: stopped after {done} of {num_samples} "
+              f"samples, kept in {partial}; run the same command to continue from there.", file=sys.stderr)
         return None
     return _gather(chunks_written(partial, settings)[0])
 

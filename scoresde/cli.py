@@ -38,6 +38,7 @@ import dataclasses
 import importlib.util
 import inspect
 import json
+import os
 import pathlib
 import sys
 import warnings
@@ -105,6 +106,8 @@ flags.DEFINE_integer("num_steps", 500, "Sampler steps; with --workdir the config
                      "default.")
 flags.DEFINE_integer("num_samples", 2000, "Number of samples; with --workdir the config's eval.num_samples "
                      "by default; bench samplers: paths per sampler (default 4000, with --workdir 1000).")
+flags.DEFINE_integer("num_batches", None, "eval: test-set likelihood of the first N batches of "
+                     "eval.batch_size examples (default: the whole test split).")
 flags.DEFINE_integer("batch_size", None, "sample --workdir: examples per chunk, kept as each finishes "
                      "(default the config's eval.batch_size, which also sets how many are computed at once); "
                      "the samples do not depend on it.")
@@ -133,7 +136,15 @@ flags.DEFINE_bool("fit", False, "bench samplers: also run each fixed-step sample
                   "score (sd.schedules.fit) from other paths, at NFEs up to 20, and report the fit's time.")
 flags.DEFINE_list("grids", None, "bench samplers: named grids every fixed-step sampler also runs on, e.g. "
                   "uniform,quadratic,karras,logsnr.")
-flags.DEFINE_bool("distributed", False, "Call jax.distributed.initialize() first (multi-host runs).")
+flags.DEFINE_bool("distributed", False, "Join a multi-process run whose settings the cluster gives "
+                  "(jax.distributed auto-detection: Cloud TPU, SLURM, Open MPI).")
+flags.DEFINE_string("coordinator_address", None, "Join a multi-process run: HOST:PORT of process 0, the "
+                    "same in every process (with --num_processes and --process_id).")
+flags.DEFINE_integer("num_processes", None, "Multi-process run: how many processes take part.")
+flags.DEFINE_integer("process_id", None, "Multi-process run: this process's index, 0 .. num_processes - 1 "
+                     "(0 writes the run's files other than checkpoints).")
+flags.DEFINE_integer("distributed_timeout", 300, "Multi-process run: seconds to wait for every process to "
+                     "join before giving up with one line (exit 2).")
 flags.DEFINE_bool("verbose", False, "Show tracebacks of errors.")
 FLAGS = flags.FLAGS
 
@@ -173,6 +184,8 @@ def train_verb() -> None:
     state = train.run(experiment, FLAGS.workdir, resume=FLAGS.resume, overwrite=FLAGS.overwrite,
                       progress=FLAGS.progress)
     n_iters = experiment.config.training.n_iters
+    if not parallel.is_primary():
+        return
     if int(state.step) < n_iters:
         print(f"stopped at step {int(state.step)} of {n_iters}; run the same command to resume")
     else:
@@ -213,6 +226,8 @@ def sample_workdir() -> None:
     batch_size = chunks.check_batch_size(_given("batch_size", experiment.config.eval.batch_size), source)
     batch_size = min(batch_size, num_samples)
     width = min(experiment.config.eval.batch_size, num_samples)  # computed at once, whatever batch_size is
+    mesh = parallel.data_mesh()
+    chunks.check_fits(batch_size, num_samples, width, mesh, source)
     method = _given("sampler", experiment.config.sampling.method)
     out = pathlib.Path(_given("outdir", workdir / workdir_lib.SAMPLES_DIR))
     stem = out / f"samples_{int(state.step)}_{method}{suffix}"
@@ -223,7 +238,7 @@ def sample_workdir() -> None:
     if FLAGS.class_label is not None:
         experiment_lib.check_class_labels(experiment.objective.num_classes, FLAGS.class_label)
     draw = experiment_lib.sampling_fn(experiment, num_samples, sampler, guidance_scale=FLAGS.guidance_scale,
-                                      width=width)
+                                      width=width, mesh=mesh)
     key = jax.random.PRNGKey(FLAGS.seed)
 
     def draw_chunk(start: int, stop: int) -> tuple[np.ndarray, int]:
@@ -232,7 +247,7 @@ def sample_workdir() -> None:
         return x, nfe
 
     drawn = chunks.draw(draw_chunk, num_samples, batch_size, partial, settings, progress=FLAGS.progress)
-    if drawn is None:
+    if drawn is None:  # stopped, or a process other than 0, which writes nothing
         return
     x, nfe = drawn
     with atomic.replacing(f"{stem}.npz") as temporary:
@@ -371,8 +386,9 @@ def eval_verb() -> None:
             results.update(evaluation.image_metrics(evaluation.DigitsScorer.build(dataset), x))
     if config.enable_bpd:
         modelled = experiment.dataset  # a latent model's density is of the scaled latents
-        x = evaluation.test_examples(modelled, config.batch_size, FLAGS.seed)
-        figures = evaluation.likelihood_fn(experiment.objective, modelled)(state.ema_params, key, x)
+        x = evaluation.test_examples(modelled, settings["likelihood_examples"], FLAGS.seed)
+        likelihood = evaluation.likelihood_fn(experiment.objective, modelled, width=config.batch_size)
+        figures = likelihood(state.ema_params, key, x)
         results["likelihood_nfe"] = figures.pop("likelihood_nfe")
         _check_finite(np.array([list(figures.values())]), f"likelihood figures ({', '.join(figures)})")
         prefix = "test_" if experiment.latent is None else "test_scaled_latent_"
@@ -381,9 +397,10 @@ def eval_verb() -> None:
         results["latent_scale_factor"] = experiment.latent.scale
     if isinstance(experiment.objective, autoencoder.AutoencoderObjective):
         results.update(evaluation.autoencoder_metrics(experiment.objective, state.ema_params, dataset))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    atomic.write_text(path, json.dumps(results, indent=2) + "\n")
-    print(json.dumps(results))
+    if parallel.is_primary():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        atomic.write_text(path, json.dumps(results, indent=2) + "\n")
+        print(json.dumps(results))
 
 
 def _eval_settings(experiment: experiment_lib.Experiment) -> tuple[dict, samplers.Sampler | None]:
@@ -397,7 +414,12 @@ def _eval_settings(experiment: experiment_lib.Experiment) -> tuple[dict, sampler
         settings.update(sampler={"name": name, "settings": dataclasses.asdict(sampler)},
                         num_samples=_num_samples(config.num_samples))
     if config.enable_bpd:
-        settings["likelihood_examples"] = min(config.batch_size, len(experiment.dataset.test))
+        batches = _given("num_batches", None)
+        if batches is not None and batches < 1:
+            raise ValueError(f"--num_batches must be >= 1 (test batches of eval.batch_size examples); got "
+                             f"{batches}.")
+        test = len(experiment.dataset.test)
+        settings["likelihood_examples"] = test if batches is None else min(batches * config.batch_size, test)
     return settings, sampler
 
 
@@ -478,6 +500,27 @@ def parse_flags(argv: list[str]) -> list[str]:
         _fail(argv[1] if len(argv) > 1 else "", f"{lines[0]} {lines[-1]}" if "Traceback" in text else text)
 
 
+_PROCESS_FLAGS = ("coordinator_address", "num_processes", "process_id")
+
+
+def _join_processes(argv: list[str]) -> None:
+    """With --distributed or the --coordinator_address, --num_processes, --process_id trio: joins the
+    multi-process run (`parallel.initialize_distributed`) and checks every process got the same flags."""
+    explicit = [getattr(FLAGS, name) for name in _PROCESS_FLAGS]
+    if not FLAGS.distributed and all(value is None for value in explicit):
+        return
+
+    def timed_out(message: str) -> None:
+        print(f"scoresde {argv[1]}: error: {message}", file=sys.stderr, flush=True)
+        os._exit(2)
+
+    parallel.initialize_distributed(*explicit, timeout_s=FLAGS.distributed_timeout, on_timeout=timed_out)
+    args = sys.argv[1:]  # `argv` holds what absl left: the verb
+    given = [arg for i, arg in enumerate(args) if arg.partition("=")[0] != "--process_id"
+             and (i == 0 or args[i - 1] != "--process_id")]
+    parallel.check_same_settings(" ".join(given))
+
+
 def run(argv: list[str]) -> None:
     logging.set_verbosity(logging.WARNING)
     if len(argv) < 2 or argv[1] not in VERBS:
@@ -487,10 +530,9 @@ def run(argv: list[str]) -> None:
         inspect.signature(VERBS[argv[1]]).bind(*argv[2:])
     except TypeError:
         _fail(argv[1], f"usage: scoresde {argv[1]} [--flags]; unexpected arguments {argv[2:]}.")
-    if FLAGS.distributed:
-        parallel.initialize_distributed()
     _show_warnings_as_lines(argv[1])
     try:
+        _join_processes(argv)
         VERBS[argv[1]](*argv[2:])
     except (ValueError, FloatingPointError, OSError) as e:
         if FLAGS.verbose:

@@ -33,7 +33,7 @@ import jax
 import numpy as np
 
 from scoresde import autoencoder, data as data_lib
-from scoresde import likelihood, metrics, toy2d
+from scoresde import likelihood, metrics, parallel, toy2d
 
 Array = jax.Array
 Figures = dict[str, float]
@@ -182,9 +182,19 @@ LikelihoodFn = Callable[[Any, Array, Array], Figures]
 
 
 def likelihood_fn(
-    objective: Any, dataset: data_lib.Dataset, *, divergence: str | None = None
+    objective: Any, dataset: data_lib.Dataset, *, divergence: str | None = None, width: int | None = None,
+    mesh: jax.sharding.Mesh | None = None,
 ) -> LikelihoodFn:
-    """(params, key, x in the model's range) -> mean NLL in nats per point or bits/dim of images; jitted once.
+    """(params, key, x in the model's range) -> mean NLL in nats per point or bits/dim of images, with its
+    standard error over the examples (given for N > 1); compiled once.
+
+    The examples x: [N, ...] are solved in groups of `width` (default: all N in one), group g (examples
+    g * width .. (g + 1) * width - 1, the last filled up with copies of its own first example, which are not
+    counted) in one adaptive solve with the probes of fold_in(key, g), on one device; every device of
+    `mesh` (default: every device of every process) solves a group of its own at once
+    (`parallel.map_groups`). So the figures depend on x, key and width alone, bitwise, whatever the number
+    of devices and processes. The standard error is the examples' standard deviation over sqrt(N): it
+    covers the spread of the test set and of the divergence probes, not the solver's tolerance.
 
     For the points of a known toy (`toy2d.TOYS`) the figures also hold `nll_nats_true`, the mean NLL of x
     under the toy's own density: what a perfect model scores on the same points.
@@ -199,20 +209,32 @@ def likelihood_fn(
     divergence = divergence or ("exact" if len(dataset.shape) == 1 else "rademacher")
     data_range = (-1.0, 1.0) if dataset.centered else (0.0, 1.0)
 
-    @jax.jit
-    def log_likelihood(params, key, x):
+    def solve_group(shared, group):
+        (params, key), (index, x) = shared, group
         score_fn = objective.score_fn(params)
-        return likelihood.log_likelihood(key, objective.sde, score_fn, x, divergence=divergence)
+        return likelihood.log_likelihood(jax.random.fold_in(key, index), objective.sde, score_fn, x,
+                                         divergence=divergence)
 
+    solve_groups = parallel.map_groups(solve_group, parallel.data_mesh() if mesh is None else mesh)
     toy = None if dataset.is_image else toy2d.TOYS.get(dataset.name)
 
     def figures(params, key, x) -> Figures:
-        logp, nfe = log_likelihood(params, key, x)
-        if not dataset.is_image:
-            true = {"nll_nats_true": float(-np.mean(toy.log_prob(x)))} if toy else {}
-            return {"nll_nats": float(-np.mean(logp)), **true, "likelihood_nfe": int(nfe)}
-        bpd = likelihood.bits_per_dim(logp, x.shape[1:], data_range=data_range)
-        return {"bits_per_dim": float(np.mean(bpd)), "likelihood_nfe": int(nfe)}
+        x = np.asarray(x)
+        size = len(x) if width is None else width
+        count = -(-len(x) // size)
+        rows = np.arange(count * size).reshape(count, size)
+        rows = np.where(rows < len(x), rows, rows - rows % size)  # the last group's own first examples
+        logp, nfe = solve_groups((params, np.asarray(key)), (np.arange(count, dtype=np.int32), x[rows]))
+        logp = logp.reshape(-1)[:len(x)].astype(np.float64)
+        if dataset.is_image:
+            name, values = "bits_per_dim", np.asarray(likelihood.bits_per_dim(logp, x.shape[1:],
+                                                                               data_range=data_range))
+        else:
+            name, values = "nll_nats", -logp
+        stderr = ({f"{name}_stderr": float(np.std(values, ddof=1) / np.sqrt(len(values)))}
+                  if len(values) > 1 else {})
+        true = {"nll_nats_true": float(-np.mean(toy.log_prob(x)))} if toy else {}
+        return {name: float(np.mean(values)), **stderr, **true, "likelihood_nfe": int(nfe.max())}
 
     return figures
 

@@ -311,7 +311,7 @@ GROUP_AXIS = "examples"  # the vmapped axis of a group of examples drawn one by 
 
 def sampling_fn(
     experiment: Experiment, num_samples: int, sampler: Sampler | None = None, *, guidance_scale: float = 0.0,
-    width: int | None = None,
+    width: int | None = None, mesh: jax.sharding.Mesh | None = None,
 ) -> Callable[..., tuple[np.ndarray, int]]:
     """(params, key, cond=None) -> (num_samples samples in the data's stored range, NFE), compiled once.
 
@@ -322,12 +322,14 @@ def sampling_fn(
     width: draw example by example instead (chunked sampling, `scoresde.chunks`): the function then takes
     (params, key, cond=None, start=0, stop=num_samples) and returns examples start .. stop - 1 of
     num_samples, example i drawn from the key fold_in(key, i) as a batch of one (`sample` with shape
-    [1, ...], vmapped). It runs one compiled function on group i // width of `width` examples, where i sits
-    at place i % width, so an example's bits depend on its index and `width` alone, never on start or stop:
-    XLA's CPU matrix products round differently at another batch size, or in another program around them.
-    A sampler's batch statistics (the Langevin corrector's step size) are averaged over the group (its
-    `axis_name`), whose members are fixed by their indices; an adaptive solver's error norm is each
-    example's own. The NFE returned is the most any example made.
+    [1, ...], vmapped). Group i // width of `width` examples, where i sits at place i % width, is computed
+    by one compiled program on one device, every device of `mesh` (default: every device of every process)
+    drawing a group of its own at once (`parallel.map_groups`), so an example's bits depend on its index and
+    `width` alone, never on start, stop or the number of devices: XLA's CPU matrix products round
+    differently at another batch size, or in another program around them. A sampler's batch statistics (the
+    Langevin corrector's step size) are averaged over the group (its `axis_name`), whose members are fixed
+    by their indices; an adaptive solver's error norm is each example's own. The NFE returned is the most
+    any example made.
     """
     sampler = experiment.sampler if sampler is None else sampler
     objective, example_shape = experiment.objective, experiment.example_shape
@@ -347,8 +349,8 @@ def sampling_fn(
         x, nfe = draw(params, jax.random.fold_in(key, index), label, (1,) + example_shape, GROUP_AXIS)
         return x[0], nfe
 
-    @jax.jit
-    def draw_group(params, key, cond, first):
+    def draw_group(shared, group):
+        (params, key), (first, cond) = shared, group
         drawn = jax.vmap(functools.partial(one, params, key), axis_name=GROUP_AXIS)
         x, nfe = drawn(first + jnp.arange(width), cond)
         return x, jnp.max(nfe)
@@ -364,16 +366,17 @@ def sampling_fn(
         return np.asarray(experiment.dataset.unscale(x)), int(nfe)
 
     def samples_each(params, key, cond=None, start=0, stop=num_samples):
-        firsts = range(start // width * width, stop, width)
-        padded = None if cond is None else np.pad(labels(cond, num_samples), (0, width))
-        drawn = [draw_group(params, key, None if cond is None else padded[first:first + width], first)
-                 for first in firsts]
-        x = np.concatenate([np.asarray(x) for x, _ in drawn])[start - firsts[0]:stop - firsts[0]]
-        return np.asarray(experiment.dataset.unscale(x)), max(int(nfe) for _, nfe in drawn)
+        firsts = np.arange(start // width * width, stop, width, dtype=np.int32)
+        conds = None if cond is None else np.pad(labels(cond, num_samples), (0, width))[
+            firsts[:, None] + np.arange(width)]
+        x, nfe = draw_groups((params, np.asarray(key)), (firsts, conds))
+        x = x.reshape((-1,) + x.shape[2:])[start - firsts[0]:stop - firsts[0]]
+        return np.asarray(experiment.dataset.unscale(x)), int(nfe.max())
 
     if width is None:
         return samples
     require(isinstance(width, int) and width >= 1, f"width must be an integer >= 1; got {width!r}.")
+    draw_groups = parallel.map_groups(draw_group, parallel.data_mesh() if mesh is None else mesh)
     return samples_each
 
 

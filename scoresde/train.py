@@ -138,11 +138,13 @@ def abstract_state(experiment: Experiment, mesh: jax.sharding.Mesh) -> TrainStat
 
 
 class _Log:
-    """Appends JSON lines to metrics.jsonl and shows the loss and speed on a tqdm bar."""
+    """Appends JSON lines to metrics.jsonl and shows the loss and speed on a tqdm bar, in the primary process
+    alone (`parallel.is_primary`); in the others it writes and shows nothing."""
 
     def __init__(self, workdir: pathlib.Path, first_step: int, total: int, progress: bool):
-        self._file = (workdir / workdir_lib.METRICS_FILE).open("a")
-        self._bar = tqdm(total=total, initial=first_step, disable=not progress, unit="step",
+        primary = parallel.is_primary()
+        self._file = (workdir / workdir_lib.METRICS_FILE).open("a") if primary else None
+        self._bar = tqdm(total=total, initial=first_step, disable=not (progress and primary), unit="step",
                          dynamic_ncols=True)
         self._since, self._since_step = time.perf_counter(), first_step
 
@@ -155,6 +157,8 @@ class _Log:
             self._bar.write(text)
 
     def write(self, step: int, **metrics: float) -> None:
+        if self._file is None:
+            return
         try:
             self._file.write(json.dumps({"step": step, **metrics}) + "\n")
             self._file.flush()
@@ -176,7 +180,8 @@ class _Log:
 
     def close(self) -> None:
         self._bar.close()
-        self._file.close()
+        if self._file is not None:
+            self._file.close()
 
 
 def _batches(dataset: data_lib.Dataset, first_step: int, n: int, batch_size: int) -> data_lib.Batch:
@@ -208,6 +213,10 @@ def run(
 ) -> TrainState:
     """Trains to `training.n_iters` steps, resuming from the workdir's newest intact checkpoint if any.
 
+    On several processes (`parallel.initialize_distributed`) every process calls `run` alike: each loads
+    its slice of every global batch, all save and restore the checkpoints (orbax), and process 0 alone writes
+    the other files.
+
     Writes config.json, checkpoints/ and checkpoints-meta/ (see `scoresde.checkpoint`), metrics.jsonl (one
     JSON object per line: training loss, steps/s and examples/s every log_freq steps; eval_loss of the EMA
     parameters on a test batch every eval_freq steps; a resumed run first drops the lines logged after its
@@ -232,13 +241,16 @@ def run(
     experiment.dataset.batch_indices(0, t.batch_size)  # a batch larger than the data fails before any write
     start_over = workdir_lib.check_workdir(workdir, config, resume=resume, overwrite=overwrite)
     state = jax.jit(lambda: initial_state(experiment), out_shardings=parallel.replicated(mesh))()
-    if start_over:
+    primary = parallel.is_primary()
+    if start_over and primary:
         workdir_lib.clear_run(workdir)
-    restored = checkpoint.restore_latest(workdir, state, set_aside=True)
+    parallel.barrier("scoresde: workdir cleared")
+    restored = checkpoint.restore_latest(workdir, state, set_aside=primary)
     state = state if restored is None else restored
     checkpoints = checkpoint.Checkpointer(workdir, keep=t.keep_checkpoints, async_save=async_checkpoints)
-    workdir_lib.write_config(workdir, config)
-    workdir_lib.truncate_metrics(workdir, int(state.step))
+    if primary:
+        workdir_lib.write_config(workdir, config)
+        workdir_lib.truncate_metrics(workdir, int(state.step))
     steps = compile_train_steps(experiment.objective, experiment.optimizer, config.model.ema_rate, mesh,
                                 skip_nonfinite=t.skip_nonfinite)
     eval_loss = jax.jit(lambda params, key, batch: experiment.objective(params, key, batch, train=False))
@@ -250,7 +262,7 @@ def run(
     losses, window_start = [], step
     try:
         with StopSignals("saving a checkpoint after this step") as stop:
-            while step < t.n_iters and stop.received is None:
+            while step < t.n_iters and not parallel.any_process(stop.received is not None):
                 local = _batches(experiment.dataset, step, t.n_jitted_steps, t.batch_size)
                 state, chunk_losses = steps(state, parallel.shard_batch(local, mesh, batch_axis=1))
                 losses.append(chunk_losses)
@@ -270,11 +282,12 @@ def run(
                     log.write(step, eval_loss=float(eval_loss(state.ema_params, key, test)))
                 path = _checkpoint(experiment, workdir, checkpoints, state, step, snapshot_samples, log)
                 saved, last_saved = (step, f"in {path}") if path else (saved, last_saved)
-            if stop.received is not None:
+            if stop.received is not None or step < t.n_iters:  # a signal, to this process or another
                 where = (f"in {checkpoints.save(step, state, snapshot=False)}" if step > saved
                          else last_saved)
                 checkpoints.wait()
-                print(f"{stop.received}: stopped at step {step}; its checkpoint is {where}", file=sys.stderr)
+                print(f"{stop.received or 'a signal to another process'}: stopped at step {step}; its "
+                      f"checkpoint is {where}", file=sys.stderr)
     finally:
         log.close()
         checkpoints.close()
@@ -302,6 +315,8 @@ def _checkpoint(experiment: Experiment, workdir: pathlib.Path, checkpoints: chec
         path = checkpoints.save(step, state, snapshot=snapshot)
     if snapshot and snapshot_samples is not None:
         x, nfe = snapshot_samples(state.ema_params, jax.random.PRNGKey(experiment.config.seed))
+        if not parallel.is_primary():
+            return path
         (workdir / workdir_lib.SAMPLES_DIR).mkdir(exist_ok=True)
         path = workdir / workdir_lib.SAMPLES_DIR / f"step_{step}.png"
         write_samples_png(path, experiment, x, f"step {step}, {nfe} NFE")

@@ -3,6 +3,7 @@ of one chunk, whatever the chunk size and wherever a run was stopped, and refuse
 
 import os
 import signal
+import types
 
 import numpy as np
 import pytest
@@ -95,3 +96,23 @@ def test_a_bad_batch_size_is_one_line_and_writes_nothing(value, message, trained
     code, out, err = _sample(monkeypatch, capsys, trained, tmp_path, "ddim", f"--batch_size={value}")
     assert (code, err.count("\n")) == (2, 1) and message in err, err
     assert (_snapshot(trained), _snapshot(tmp_path)) == before
+
+
+def _mesh(processes: int, devices_each: int):
+    """What `chunks.check_fits` reads of a mesh: its size and each device's process."""
+    devices = [types.SimpleNamespace(process_index=i // devices_each)
+               for i in range(processes * devices_each)]
+    return types.SimpleNamespace(size=len(devices), devices=np.array(devices))
+
+
+def test_chunks_that_do_not_fit_the_devices_are_refused_saying_what_fits():
+    chunks.check_fits(128, 512, 16, _mesh(4, 2))  # a group of 16 on each of 8 devices
+    chunks.check_fits(40, 40, 16, _mesh(4, 2))    # the whole run in one chunk
+    chunks.check_fits(7, 40, 16, _mesh(1, 1))     # one device: a chunk may be shorter than a group
+    with pytest.raises(ValueError, match=r"^batch_size 12 does not split over the 8 devices \(4 processes "
+                                         r"x 2 devices\); use a multiple of 8\.$"):
+        chunks.check_fits(12, 512, 16, _mesh(4, 2))
+    with pytest.raises(ValueError, match=r"^batch_size 64 is smaller than what the 8 devices draw at once, a "
+                                         r"group of eval.batch_size=16 examples each \(128\); use "
+                                         r"--batch_size=128 or a multiple of it\.$"):
+        chunks.check_fits(64, 512, 16, _mesh(1, 8))

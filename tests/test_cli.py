@@ -89,7 +89,7 @@ def test_eval_records_what_made_its_figures(trained, tmp_path, monkeypatch, caps
     pc = {"num_steps": 4, "schedule": "uniform", "predictor": sampling.predictor,
           "corrector": sampling.corrector, "snr": sampling.snr, "n_corrector_steps": sampling.n_steps_each}
     assert results["settings"] == {"seed": 0, "sampler": {"name": "pc", "settings": pc}, "num_samples": 64,
-                                   "likelihood_examples": 16}
+                                   "likelihood_examples": 64}
     assert results["sampling_nfe"] == 4 * (1 + (sampling.corrector != "none")) + 1  # + 1: the denoiser
 
     # Another sampler on the same step is refused before any work, naming what differs, and nothing changes.
