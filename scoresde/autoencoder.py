@@ -10,7 +10,7 @@ reparametrisation, z = mu + sigma * n with n ~ N(0, I), and the loss of an image
 both summed over the image's pixels and latent entries and averaged over the batch (their pixel-space L1
 term, without the perceptual and adversarial terms that matter at 256x256). A small KL weight keeps z close
 to deterministic and leaves its scale free; the score model then works on the latent scaled to unit variance,
-s z with s = 1 / std(z) over the training set (Rombach et al. 2022, Sec. 4.3.2 and App. D.1; Stable
+s z with s = 1 / std(z) over the training set (Rombach et al. 2022, Sec. 4.3.2; Stable
 Diffusion's 0.18215 was measured so), which `scale_factor` measures.
 
 `AutoencoderObjective` has the call signature of `scoresde.objective.Objective`, (params, key, batch, train)

@@ -208,7 +208,9 @@ def load_latent_space(workdir: str, images: data_lib.Dataset) -> LatentSpace:
 def restore(workdir: pathlib.Path | str) -> tuple[Experiment, SamplingState]:
     """The experiment of the run in `workdir` and the step and EMA parameters of its newest checkpoint.
 
-    Only those two are read from disk: not the parameters being trained, nor the optimizer state.
+    Only those two are read from disk: not the parameters being trained, nor the optimizer state. A latent
+    run (`model.autoencoder_workdir`) also reads the same two of its autoencoder's final checkpoint, whose
+    encoder gives the latents and their scale factor and whose decoder turns samples into images.
 
     Raises:
       ValueError: if `workdir` holds no run or no intact checkpoint, or the checkpoint does not fit its

@@ -20,8 +20,6 @@ import test_cli
 import tiny_runs
 from test_bad_inputs import tree_hash
 
-pytestmark = pytest.mark.slow
-
 AUTOENCODER = ["--config=configs/latent/autoencoder.py", "--noprogress", *tiny_runs.flags({
     "data.num_train": 64, "data.num_test": 16, "model.nf": 8, "model.latent_channels": 2,
     "training.batch_size": 8, "training.n_iters": 2,
@@ -54,6 +52,7 @@ def restored(runs):
     return experiment_lib.restore(runs["latent"]), experiment_lib.restore(runs["ae"])
 
 
+@pytest.mark.slow
 def test_latents_have_the_encoder_shape_and_unit_variance_by_the_measured_factor(restored):
     (experiment, _), (ae, ae_state) = restored
     space, images, model = experiment.latent, experiment.output_dataset, ae.objective.model
@@ -73,6 +72,7 @@ def test_latents_have_the_encoder_shape_and_unit_variance_by_the_measured_factor
     np.testing.assert_allclose(decoded, direct, rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.slow
 def test_the_autoencoder_loss_is_l1_plus_weighted_kl(restored):
     _, (ae, state) = restored
     objective, x = ae.objective, 2.0 * jnp.asarray(ae.dataset.train[:4]) - 1.0  # data.centered: [-1, 1]
@@ -85,6 +85,7 @@ def test_the_autoencoder_loss_is_l1_plus_weighted_kl(restored):
     np.testing.assert_allclose(objective(state.ema_params, key, x), expected, rtol=1e-5)
 
 
+@pytest.mark.slow
 def test_pc_an_ode_and_a_fast_solver_sample_a_latent_run_unchanged_and_decode_to_images(restored):
     (experiment, state), _ = restored
     key = jax.random.PRNGKey(0)
@@ -99,6 +100,7 @@ def test_pc_an_ode_and_a_fast_solver_sample_a_latent_run_unchanged_and_decode_to
     np.testing.assert_allclose(x, experiment.latent.decode(z), rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.slow
 def test_sample_and_eval_of_a_latent_run_write_decoded_images_and_the_latent_likelihood(
         runs, restored, tmp_path, monkeypatch, capsys):
     workdir = pathlib.Path(shutil.copytree(runs["latent"], tmp_path / "latent"))
@@ -116,6 +118,7 @@ def test_sample_and_eval_of_a_latent_run_write_decoded_images_and_the_latent_lik
     assert figures["latent_scale_factor"] == restored[0][0].latent.scale
 
 
+@pytest.mark.slow
 def test_eval_of_an_autoencoder_reports_reconstruction_class_agreement_and_scale(
         runs, restored, tmp_path, monkeypatch, capsys):
     workdir = pathlib.Path(shutil.copytree(runs["ae"], tmp_path / "ae"))
@@ -139,6 +142,7 @@ MISTAKES = {
 }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("case", MISTAKES)
 def test_a_latent_config_naming_an_unusable_autoencoder_is_one_line_and_writes_nothing(
         case, runs, monkeypatch, capsys):
@@ -147,6 +151,7 @@ def test_a_latent_config_naming_an_unusable_autoencoder_is_one_line_and_writes_n
              [text.format(**runs) for text in wanted])
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("override,shape", [("data.image_size=16", "(16, 16, 1)"),
                                             ("data.num_channels=3", "(8, 8, 3)")])
 def test_a_latent_config_whose_images_the_autoencoder_cannot_encode_is_refused(
@@ -168,6 +173,7 @@ def _refused(runs, monkeypatch, capsys, flags, wanted):
     assert {name: tree_hash(runs[name]) for name in before} == before
 
 
+@pytest.mark.slow
 def test_in_chunks_gives_each_example_the_bits_of_any_other_chunking():
     x = np.random.default_rng(0).normal(size=(autoencoder._CHUNK + 3, 2)).astype(np.float32)
     fn = lambda params, y: jnp.tanh(y @ params)
@@ -177,6 +183,7 @@ def test_in_chunks_gives_each_example_the_bits_of_any_other_chunking():
     assert autoencoder.in_chunks(fn, params, x[:0]).shape == (0, 2)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("args,wanted", [
     (["bench", "samplers", "--workdir={latent}", "--outdir={root}/out", "--quick"],
      "use `scoresde eval` on it"),
@@ -190,3 +197,10 @@ def test_verbs_that_act_on_the_sampled_space_refuse_a_latent_run(args, wanted, r
     assert code == 2, err
     assert len(err.strip().splitlines()) == 1 and wanted in err, err
     assert tree_hash(runs["latent"]) == before and not (runs["root"] / "out").exists()
+
+
+def test_the_scale_factor_is_one_over_the_standard_deviation_and_refuses_constant_latents():
+    latents = np.array([[1.0, 3.0], [5.0, 7.0]], np.float32)  # std sqrt(5)
+    assert autoencoder.scale_factor(latents) == pytest.approx(1.0 / np.sqrt(5.0), rel=1e-12)
+    with pytest.raises(ValueError, match="standard deviation 0.0"):
+        autoencoder.scale_factor(np.ones((3, 2)))
