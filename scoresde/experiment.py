@@ -317,9 +317,9 @@ def sampling_fn(
 ) -> Callable[..., tuple[np.ndarray, int]]:
     """(params, key, cond=None) -> (num_samples samples in the data's stored range, NFE), compiled once.
 
-    Images come back in [0, 1], points as given, a latent model's samples decoded into images; `sampler` defaults to the config's. `cond`: the class
-    label(s) of a class-conditional run, one int or [num_samples]; None samples its unconditional score (its
-    null class). `guidance_scale`: classifier-free guidance towards `cond` (see `class_score_fn`).
+    Images come back in [0, 1], points as given, a latent model's samples decoded into images; `sampler`
+    defaults to the config's. `cond`: the class label(s) of a class-conditional run, one int or
+    [num_samples]; None samples its unconditional score (its null class). `guidance_scale`: classifier-free guidance towards `cond` (see `class_score_fn`).
 
     width: draw example by example instead (chunked sampling, `scoresde.chunks`): the function then takes
     (params, key, cond=None, start=0, stop=num_samples) and returns examples start .. stop - 1 of
