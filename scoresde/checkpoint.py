@@ -253,6 +253,23 @@ def restore_latest(
     return restored
 
 
+def restore_step(workdir: str | pathlib.Path, step: int, target: State, *, partial: bool = False) -> State:
+    """The kept snapshot checkpoint of `step` in `workdir`, shaped and sharded like `target` (see
+    `restore_latest`).
+
+    Raises:
+      ValueError: if `workdir` keeps no intact snapshot of that step (naming the steps it keeps).
+    """
+    directory = pathlib.Path(workdir).absolute() / SNAPSHOTS / str(step)
+    if not directory.is_dir():
+        kept = sorted(int(p.name) for p in _steps(pathlib.Path(workdir).absolute()) if p.parent.name == SNAPSHOTS)
+        raise ValueError(f"{workdir} keeps no checkpoint of step {step}; it keeps steps {kept}.")
+    try:
+        return _restore_intact(directory, target, partial)
+    except _Damaged as error:
+        raise ValueError(f"checkpoint {directory} is {error}.") from error
+
+
 def _set_aside(workdir: pathlib.Path, damaged: list[pathlib.Path], unfinished: list[pathlib.Path]) -> str:
     """Moves damaged step directories into checkpoints-damaged/<dir>-<step>[-n] and deletes orbax's
     temporary directories; says what it did."""

@@ -5,8 +5,9 @@ Verbs:
            its newest checkpoint, one with another config only with --resume (continue) or --overwrite (start
            over).
   sample   with --workdir: draw samples from the newest checkpoint's EMA parameters with any sampler
-           (--sampler, --num_steps), of a class-conditional run's class --class_label, optionally with
-           classifier-free --guidance_scale, --batch_size examples at a time, resumable; without it: from
+           (--sampler, --num_steps), of a class-conditional run's class --class_label or what --prompt asks
+           of a prompt-conditioned run, optionally with classifier-free --guidance_scale, --batch_size
+           examples at a time, resumable; without it: from
            the exact score of a named Gaussian-mixture --problem. Writes samples .npz and a PNG.
   inpaint  with --workdir, --input and --mask: fill in the unknown entries (mask 0) of the examples in --input
            by sampling the run's model conditioned on the known ones (`scoresde.guidance.inpaint`).
@@ -53,6 +54,8 @@ from scoresde import atomic, autoencoder, checkpoint, chunks, config as config_l
 from scoresde.bench import command as bench_command
 from scoresde import evaluation, guidance, observations, parallel, plots, samplers, sde as sde_lib, toy, train
 from scoresde import experiment as experiment_lib
+from scoresde import tokenizer
+from scoresde.models import condition as condition_lib
 from scoresde import workdir as workdir_lib
 
 
@@ -119,7 +122,10 @@ flags.DEFINE_string("mask", None, "inpaint: what is known, a PNG of black (unkno
 flags.DEFINE_integer("seed", 0, "PRNG seed of sampling and evaluation.")
 flags.DEFINE_integer("class_label", None, "sample --workdir: draw class K (0 .. model.num_classes - 1) of a "
                      "class-conditional run; without it, its unconditional score.")
-flags.DEFINE_float("guidance_scale", 0.0, "sample --workdir --class_label: classifier-free guidance "
+flags.DEFINE_string("prompt", None, "sample --workdir: what a prompt-conditioned run draws, e.g. \"a 3 on the "
+                    "left and a seven on the right\" (words of scoresde.tokenizer.VOCABULARY); without it, "
+                    "its unconditional score (the empty prompt).")
+flags.DEFINE_float("guidance_scale", 0.0, "sample --workdir --class_label or --prompt: classifier-free guidance "
                    "weight w >= 0 (Ho & Salimans' w: 0 is the conditional score; diffusers' guidance_scale "
                    "is w + 1).")
 flags.DEFINE_string("outdir", "out/sample", "sample: where samples.npz and samples.png are written "
@@ -200,17 +206,39 @@ def _workdir_sampler(experiment: experiment_lib.Experiment) -> samplers.Sampler:
     return sampling.build_sampler(method, _given("num_steps", default_steps))
 
 
-def _class_condition() -> tuple[dict, str]:
-    """--class_label and --guidance_scale as npz fields, and the suffix of the files they name."""
-    label, scale = FLAGS.class_label, FLAGS.guidance_scale
+def _condition() -> tuple[dict, str, int | np.ndarray | None]:
+    """--class_label or --prompt, and --guidance_scale: (the npz fields, the suffix of the files they name,
+    the condition to sample: a label, prompt token ids [L], or None)."""
+    label, prompt, scale = FLAGS.class_label, FLAGS.prompt, FLAGS.guidance_scale
     if scale < 0:
         raise ValueError(f"--guidance_scale must be >= 0 (0: no guidance); got {scale}.")
-    if label is None:
+    if label is not None and prompt is not None:
+        raise ValueError("--prompt and --class_label exclude each other: a run is conditioned on prompts or "
+                         "on class labels; give one.")
+    if label is None and prompt is None:
         if FLAGS["guidance_scale"].present:
-            raise ValueError("--guidance_scale needs --class_label: guidance pulls towards a class.")
-        return {}, ""
-    suffix = f"_class{label}" + (f"_w{scale:g}" if scale else "")
-    return {"class_label": label, "guidance_scale": scale}, suffix
+            raise ValueError("--guidance_scale needs --class_label or --prompt: guidance pulls towards a "
+                             "condition.")
+        return {}, "", None
+    weight = f"_w{scale:g}" if scale else ""
+    if prompt is None:
+        return {"class_label": label, "guidance_scale": scale}, f"_class{label}{weight}", label
+    ids = tokenizer.encode(prompt)
+    slug = "-".join(tokenizer.words(prompt)) or "empty"
+    return {"prompt": prompt, "guidance_scale": scale}, f"_prompt-{slug}{weight}", ids
+
+
+def _check_condition(spec: condition_lib.Condition, cond: int | np.ndarray | None) -> None:
+    """The run takes the condition asked for: --prompt a prompt-conditioned run, --class_label a
+    class-conditional one with that class."""
+    if FLAGS.prompt is not None and not isinstance(spec, condition_lib.Prompts):
+        raise ValueError(f"--prompt needs a prompt-conditioned run (model.prompt_conditioning); this run takes "
+                         f"{spec.what}.")
+    if FLAGS.class_label is not None and isinstance(spec, condition_lib.Prompts):
+        raise ValueError("--class_label needs a class-conditional model; this run takes prompts: use "
+                         "--prompt.")
+    if cond is not None:
+        spec.check_request(np.asarray(cond))
 
 
 def sample_workdir() -> None:
@@ -218,7 +246,9 @@ def sample_workdir() -> None:
     samples_<step>_<sampler>[_class<K>[_w<W>]].npz and .png, or keeps the chunks drawn when stopped."""
     _refuse_problem_flags()
     workdir = pathlib.Path(FLAGS.workdir)
-    condition, suffix = _class_condition()
+    condition, suffix, cond = _condition()
+    # What the run is conditioned on is in its config: refused before any checkpoint is read.
+    _check_condition(condition_lib.condition_of(workdir_lib.load_config(workdir).model.build_model()), cond)
     experiment, state = experiment_lib.restore(workdir)
     sampler = _workdir_sampler(experiment)
     num_samples = _num_samples(experiment.config.eval.num_samples)
@@ -235,14 +265,12 @@ def sample_workdir() -> None:
     settings = {"step": int(state.step), "sampler": {"name": method, "settings": dataclasses.asdict(sampler)},
                 "seed": FLAGS.seed, "num_samples": num_samples, "width": width, **condition}
     chunks.chunks_written(partial, settings)  # other settings are refused before anything is compiled
-    if FLAGS.class_label is not None:
-        experiment_lib.check_class_labels(experiment.objective.num_classes, FLAGS.class_label)
     draw = experiment_lib.sampling_fn(experiment, num_samples, sampler, guidance_scale=FLAGS.guidance_scale,
                                       width=width, mesh=mesh)
     key = jax.random.PRNGKey(FLAGS.seed)
 
     def draw_chunk(start: int, stop: int) -> tuple[np.ndarray, int]:
-        x, nfe = draw(state.ema_params, key, FLAGS.class_label, start, stop)
+        x, nfe = draw(state.ema_params, key, cond, start, stop)
         _check_finite(x, "samples")
         return x, nfe
 
@@ -252,8 +280,12 @@ def sample_workdir() -> None:
     x, nfe = drawn
     with atomic.replacing(f"{stem}.npz") as temporary:
         np.savez(temporary, x=x, nfe=nfe, step=int(state.step), seed=FLAGS.seed, **condition)
-    title = f"step {int(state.step)}, {nfe} NFE" + "".join(f", {k} {v:g}" for k, v in condition.items())
-    experiment_lib.write_samples_png(pathlib.Path(f"{stem}.png"), experiment, x, title)
+    title = f"step {int(state.step)}, {nfe} NFE" + "".join(
+        f", {k} {v:g}" for k, v in condition.items() if k != "prompt")
+    if FLAGS.prompt is None:
+        experiment_lib.write_samples_png(pathlib.Path(f"{stem}.png"), experiment, x, title)
+    else:  # the prompt above its samples
+        plots.titled_rows_png(f"{stem}.png", [(f"{FLAGS.prompt!r} ({title})", np.clip(x[:64], 0.0, 1.0))])
     chunks.remove(partial)
     print(f"wrote {stem}.npz and {stem}.png ({num_samples} samples, {nfe} score evaluations)")
 
@@ -272,6 +304,8 @@ def sample_problem() -> None:
     if FLAGS["class_label"].present or FLAGS["guidance_scale"].present:
         raise ValueError("--class_label and --guidance_scale sample a class-conditional run: they need "
                          "--workdir.")
+    if FLAGS["prompt"].present:
+        raise ValueError("--prompt samples a prompt-conditioned run: it needs --workdir.")
     if FLAGS["batch_size"].present:
         raise ValueError("--batch_size: only for `sample --workdir` (chunked sampling of a trained run); an "
                          "exact-score problem is drawn in one batch.")

@@ -299,9 +299,10 @@ class Config:
     optim: OptimConfig
 
     def __post_init__(self):
-        require(not self.training.cond_dropout or self.model.num_classes,
+        prompts = self.model.network.get("prompt_conditioning", "none") != "none"
+        require(not self.training.cond_dropout or self.model.num_classes or prompts,
                 f"training.cond_dropout={self.training.cond_dropout} needs a class-conditional model "
-                "(model.num_classes > 0).")
+                "(model.num_classes > 0) or prompts (model.prompt_conditioning).")
 
     def build_sde(self) -> sde_lib.SDE:
         """`training.sde` with those of the model section's SDE parameters that it takes."""

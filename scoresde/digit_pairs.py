@@ -26,6 +26,9 @@ HELD_OUT_PAIRS = tuple((d, (d + 3) % NUM_DIGITS) for d in range(NUM_DIGITS))  # 
 SEEN_PAIRS = tuple((a, b) for a in range(NUM_DIGITS) for b in range(NUM_DIGITS)
                    if (a, b) not in HELD_OUT_PAIRS)
 ALL_PAIRS = tuple((a, b) for a in range(NUM_DIGITS) for b in range(NUM_DIGITS))
+# The seen pairs prompt following is measured on: the held-out pairs swapped, so that a model which keeps the
+# digits but not their places on a held-out prompt draws a seen pair.
+EVAL_SEEN_PAIRS = tuple((b, a) for a, b in HELD_OUT_PAIRS)
 
 # How a digit is mentioned: {n} is its numeral or its word; "a" becomes "an" before a vowel sound.
 _MENTIONS = ("{n}", "a {n}", "the digit {n}", "the number {n}")
@@ -54,6 +57,11 @@ def prompt(left: int, right: int, rng: np.random.Generator) -> str:
     template = _TEMPLATES[rng.integers(len(_TEMPLATES))]
     first, second = mention(left, rng), mention(right, rng)
     return template.format(l=first, r=second)
+
+
+def eval_prompt(left: int, right: int) -> str:
+    """The one wording prompt following is measured with: "3 on the left and 7 on the right"."""
+    return f"{left} on the left and {right} on the right"
 
 
 def canvases(

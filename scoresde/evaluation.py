@@ -126,6 +126,37 @@ class DigitsScorer:
         return metrics.classifier_accuracy(self.classifier, self.test, self.dataset.test_labels)
 
 
+@dataclasses.dataclass(frozen=True)
+class PairReader:
+    """Reads the two digits of [N, H, 2H, C] canvases (`scoresde.digit_pairs`), each half with the digits
+    classifier (`metrics.train_digits_classifier`) trained on the same split's real training digits."""
+
+    digits: data_lib.Dataset
+    classifier: metrics.DigitsClassifier
+
+    @classmethod
+    def build(cls, config: data_lib.DataConfig, seed: int = 0) -> "PairReader":
+        """The reader of the canvases of `config` (a digit_pairs config): the digits of its split and scale."""
+        digits = data_lib.build_dataset(dataclasses.replace(config, dataset="digits"))
+        return cls(digits, metrics.train_digits_classifier(digits, seed=seed))
+
+    def __call__(self, x: np.ndarray) -> np.ndarray:
+        """x: [N, H, 2H, C] in [0, 1] -> the digits read, [N, 2] (left, right)."""
+        side = x.shape[1]
+        halves = np.concatenate([x[:, :, :side], x[:, :, side:]])
+        probs, _ = self.classifier(self.digits.scale(halves))
+        return np.asarray(np.argmax(probs, axis=1)).reshape(2, len(x)).T
+
+
+def prompt_following(read: np.ndarray, pair: tuple[int, int]) -> Figures:
+    """Of the digits read from canvases drawn for (left, right) = pair, read: [N, 2], the share read as asked
+    (both digits in place), as swapped (right, left), and with each side right."""
+    left, right = pair
+    return {"both": float(np.mean((read[:, 0] == left) & (read[:, 1] == right))),
+            "swapped": float(np.mean((read[:, 0] == right) & (read[:, 1] == left))),
+            "left": float(np.mean(read[:, 0] == left)), "right": float(np.mean(read[:, 1] == right))}
+
+
 def image_metrics(scorer: DigitsScorer, samples: np.ndarray) -> Figures:
     """The scorer's figures on samples, each beside its value on as many training images (`_real`)."""
     real = scorer.real(len(samples))

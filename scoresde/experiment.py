@@ -29,6 +29,7 @@ from scoresde.classifier import ClassifierObjective, LogProbFn
 from scoresde.config import Config
 from scoresde.latent import LatentSpace, build_latent_space
 from scoresde.models import AUTOENCODERS, CLASSIFIERS
+from scoresde.models import condition as condition_lib
 from scoresde.objective import Objective
 from scoresde.optim import build_optimizer
 from scoresde.samplers import Sampler, sample
@@ -105,17 +106,11 @@ def _score_objective(config: Config, images: bool) -> Objective:
                      cond_dropout=config.training.cond_dropout)
 
 
-def check_labels(dataset: data_lib.Dataset, num_classes: int) -> None:
-    """A class-conditional model (num_classes > 0) needs a dataset whose labels lie in [0, num_classes)."""
-    if not num_classes:
-        return
-    require(dataset.train_labels is not None,
-            f"model.num_classes={num_classes} needs a dataset with labels; {dataset.name!r} has none "
-            "(digits, an .npz with data.label_key, or an image folder with one sub-folder per class do).")
-    labels = np.concatenate([dataset.train_labels, dataset.test_labels])
-    require(labels.min() >= 0 and labels.max() < num_classes,
-            f"model.num_classes={num_classes}, but the data's labels lie in [{labels.min()}, "
-            f"{labels.max()}]; they must lie in [0, {num_classes}).")
+def check_condition(dataset: data_lib.Dataset, condition: condition_lib.Condition) -> None:
+    """A conditional model needs a dataset that serves its condition: labels in [0, num_classes) for a
+    class-conditional one, prompts for a prompt-conditioned one."""
+    served = None if dataset.train_cond is None else np.concatenate([dataset.train_cond, dataset.test_cond])
+    condition.check_served(dataset.name, served)
 
 
 def _classifier_objective(config: Config, images: bool) -> ClassifierObjective:
@@ -171,8 +166,8 @@ def build_experiment(config: Config) -> Experiment:
     sampler = config.sampling.build_sampler(config.sampling.method, config.model.num_scales)
     snapshot_sampler = config.sampling.build_sampler(t.snapshot_sampler, t.snapshot_num_steps)
     dataset = data_lib.build_dataset(config.data)
-    check_labels(dataset, config.model.num_classes)
     objective = build_objective(config, images=dataset.is_image)
+    check_condition(dataset, condition_lib.condition_of(objective.model))
     latent = None
     if config.model.autoencoder_workdir is not None:
         latent = load_latent_space(config.model.autoencoder_workdir, dataset)
@@ -205,8 +200,9 @@ def load_latent_space(workdir: str, images: data_lib.Dataset) -> LatentSpace:
                               autoencoder.dataset.centered, images)
 
 
-def restore(workdir: pathlib.Path | str) -> tuple[Experiment, SamplingState]:
-    """The experiment of the run in `workdir` and the step and EMA parameters of its newest checkpoint.
+def restore(workdir: pathlib.Path | str, *, step: int | None = None) -> tuple[Experiment, SamplingState]:
+    """The experiment of the run in `workdir` and the step and EMA parameters of its newest checkpoint, or of
+    the kept checkpoint of `step`.
 
     Only those two are read from disk: not the parameters being trained, nor the optimizer state. A latent
     run (`model.autoencoder_workdir`) also reads the same two of its autoencoder's final checkpoint, whose
@@ -219,8 +215,9 @@ def restore(workdir: pathlib.Path | str) -> tuple[Experiment, SamplingState]:
     experiment = build_experiment(workdir_lib.load_config(workdir))
     target = {"step": jax.ShapeDtypeStruct((), jnp.int32),
               "ema_params": jax.eval_shape(experiment.init_params)}
-    restored = checkpoint.restore_latest(workdir, abstract(target, parallel.replicated(parallel.data_mesh())),
-                                         partial=True)
+    target = abstract(target, parallel.replicated(parallel.data_mesh()))
+    restored = (checkpoint.restore_latest(workdir, target, partial=True) if step is None
+                else checkpoint.restore_step(workdir, step, target, partial=True))
     if restored is None:
         raise ValueError(f"{workdir} holds no checkpoint yet.")
     return experiment, SamplingState(**restored)
@@ -238,16 +235,6 @@ def _check_encodes(autoencoder: Experiment, images: data_lib.Dataset, what: str)
                   f"are shaped {images.shape}; set data.image_size and data.num_channels to match it.")
 
 
-def check_class_labels(num_classes: int, labels: np.ndarray) -> None:
-    """Labels to sample a run of a `num_classes`-class model at: ValueError unless it is class-conditional and
-    every label lies in [0, num_classes)."""
-    require(num_classes > 0, "class_label needs a class-conditional model; this run is unconditional "
-                             "(model.num_classes=0).")
-    for label in np.unique(labels):
-        require(0 <= label < num_classes,
-                f"class_label {label} is outside the trained classes 0 .. {num_classes - 1}.")
-
-
 def class_score_fn(
     objective: Objective, params: Any, cond: Array | None, guidance_scale: float = 0.0
 ) -> ScoreFn:
@@ -255,13 +242,13 @@ def class_score_fn(
 
     Args:
       objective: the run's objective; params: its (EMA) parameters.
-      cond: class labels, one int or [B]; None: the unconditional score (a class-conditional network's null
-        class).
+      cond: class labels, one int or [B], or prompt token ids, [L] or [B, L]; None: the unconditional score
+        (a conditional network's null class or empty prompt).
       guidance_scale: Ho & Salimans' w >= 0 (`guidance.classifier_free_guidance`): the conditional score plus
         w times its difference from the null class's; 0 is the conditional score alone, one evaluation.
     """
     require(guidance_scale >= 0, f"guidance_scale must be >= 0; got {guidance_scale}.")
-    require(cond is not None or not guidance_scale, "guidance_scale needs class labels to guide towards.")
+    require(cond is not None or not guidance_scale, "guidance_scale needs a condition to guide towards.")
     conditional = objective.score_fn(params, cond=cond)
     if not guidance_scale:
         return conditional
@@ -360,8 +347,11 @@ def sampling_fn(
     def labels(cond, size):
         if cond is None:
             return None
-        check_class_labels(objective.num_classes, cond)
-        return np.broadcast_to(np.asarray(cond, np.int32), (size,))
+        objective.condition_spec.check_request(np.asarray(cond))
+        return np.broadcast_to(np.asarray(cond, np.int32), (size,) + objective.condition_spec.example_shape)
+
+    def pad(cond, n):  # n more examples of condition 0 (all padding for prompts); their samples are cut off
+        return np.pad(cond, [(0, n)] + [(0, 0)] * (cond.ndim - 1))
 
     def samples(params, key, cond=None):
         x, nfe = draw_batch(params, key, labels(cond, num_samples))
@@ -369,7 +359,7 @@ def sampling_fn(
 
     def samples_each(params, key, cond=None, start=0, stop=num_samples):
         firsts = np.arange(start // width * width, stop, width, dtype=np.int32)
-        conds = None if cond is None else np.pad(labels(cond, num_samples), (0, width))[
+        conds = None if cond is None else pad(labels(cond, num_samples), width)[
             firsts[:, None] + np.arange(width)]
         x, nfe = draw_groups((params, np.asarray(key)), (firsts, conds))
         x = x.reshape((-1,) + x.shape[2:])[start - firsts[0]:stop - firsts[0]]

@@ -1,9 +1,10 @@
 """What a score network is trained for: its SDE, its parametrization and its loss, in one callable.
 
-A class-conditional network (`num_classes` > 0) is trained on the batch's labels, each replaced by the null
-class (index `num_classes`) with probability `cond_dropout`, so that one network learns both the conditional
-and the unconditional score that classifier-free guidance combines (Ho & Salimans 2022, Algorithm 1). This is
-the one place the labels are dropped; the losses see only a score function closed over the condition.
+A conditional network (class labels, `num_classes` > 0, or prompts; `scoresde.models.condition`) is trained
+on the batch's condition, each example's replaced by the null condition (the null class, the empty prompt)
+with probability `cond_dropout`, so that one network learns both the conditional and the unconditional score
+that classifier-free guidance combines (Ho & Salimans 2022, Algorithm 1). This is the one place conditions
+are dropped; the losses see only a score function closed over the condition.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import jax.numpy as jnp
 
 from scoresde.data import Batch
 from scoresde.losses import Loss
+from scoresde.models import condition as condition_lib
 from scoresde.models.parametrization import Parametrization, network_fn
 from scoresde.sde import SDE, ScoreFn
 
@@ -29,13 +31,13 @@ class Objective:
     """A network, the SDE it reverses, how its output becomes a score, and the loss it is trained with.
 
     Attributes:
-      model: the Flax network; its `num_classes` (0: unconditional) says whether it takes labels.
+      model: the Flax network; `condition_lib.condition_of(model)` says what it is conditioned on.
       sde: forward SDE.
       parametrization: turns network output into a score.
       loss: a `scoresde.losses.Loss`.
       center_input: feed the network 2 x - 1 (uncentred image data, as in the reference).
-      cond_dropout: probability in [0, 1] that a training label becomes the null class (classifier-free
-        guidance); 0 trains the conditional score only. Needs a class-conditional model when > 0.
+      cond_dropout: probability in [0, 1] that a training condition becomes the null one (classifier-free
+        guidance); 0 trains the conditional score only. Needs a conditional model when > 0.
     """
 
     model: nn.Module
@@ -48,14 +50,19 @@ class Objective:
     def __post_init__(self):
         if not 0.0 <= self.cond_dropout <= 1.0:
             raise ValueError(f"cond_dropout must lie in [0, 1]; got {self.cond_dropout}.")
-        if self.cond_dropout and not self.num_classes:
+        if self.cond_dropout and isinstance(self.condition_spec, condition_lib.Unconditional):
             raise ValueError(f"cond_dropout={self.cond_dropout} needs a class-conditional model "
-                             "(num_classes > 0); this one is unconditional.")
+                             "(num_classes > 0) or prompts; this one is unconditional.")
 
     @property
     def num_classes(self) -> int:
         """Classes of a class-conditional network; 0 for an unconditional one."""
         return self.model.num_classes
+
+    @property
+    def condition_spec(self) -> condition_lib.Condition:
+        """What the network is conditioned on: nothing, class labels or prompts."""
+        return condition_lib.condition_of(self.model)
 
     # Training draws sample snapshots of a generative model (`Experiment.snapshots_sample`).
     generative = True
@@ -66,8 +73,8 @@ class Objective:
 
         Args:
           params: network parameters.
-          cond: class labels, [B] or one for every example; None: the unconditional score (the null class of
-            a class-conditional network).
+          cond: class labels, [B] or one for every example, or prompt token ids, [B, L] or [L]; None: the
+            unconditional score (the null class or the empty prompt of a conditional network).
           train: dropout on, seeded by `rng`.
         """
         network = network_fn(self.model, {"params": params}, train=train, rng=rng,
@@ -75,17 +82,16 @@ class Objective:
         return self.parametrization.score_fn(self.sde, network)
 
     def condition(self, key: Array, cond: Array | None, *, drop: bool = True) -> Array | None:
-        """The labels a step conditions on: cond: [B], each the null class with probability `cond_dropout`
-        when `drop`; None for an unconditional model, which ignores labels."""
-        if not self.num_classes:
+        """The condition a step trains on: cond: [B, ...], each example's the null condition with probability
+        `cond_dropout` when `drop`; None for an unconditional model, which ignores the batch's condition."""
+        if isinstance(self.condition_spec, condition_lib.Unconditional):
             return None
         if cond is None:
-            raise ValueError(f"a class-conditional model (num_classes={self.num_classes}) trains on "
-                             "labelled batches; this batch has no labels.")
+            raise ValueError(f"a conditional model ({self.condition_spec.what}) trains on batches that carry "
+                             "them; this batch has none.")
         if not (drop and self.cond_dropout):
             return cond
-        dropped = jax.random.bernoulli(key, self.cond_dropout, cond.shape)
-        return jnp.where(dropped, self.num_classes, cond)
+        return condition_lib.drop(self.condition_spec, key, cond, self.cond_dropout)
 
     def __call__(self, params: Any, key: Array, batch: Batch | Array, train: bool = True) -> Array:
         """The mean loss over a batch (x: [B, ...] with its labels, or x alone); labels drop only when

@@ -32,9 +32,8 @@ def scatter_png(path: str | pathlib.Path, samples, reference=None, title: str = 
     plt.close(fig)
 
 
-def image_grid_png(path: str | pathlib.Path, images, scale: int = 4, cols: int | None = None) -> None:
-    """A grid of images: [N, H, W, C] with values in [0, 1], each pixel repeated `scale` times, `cols` per row
-    (default: a square grid)."""
+def _grid(images, cols: int | None) -> np.ndarray:
+    """Images [N, H, W, C] in [0, 1] tiled `cols` per row (default: a square grid) with 1-pixel white gaps."""
     x = np.clip(np.asarray(images, np.float32), 0.0, 1.0)
     n, h, w, c = x.shape
     cols = cols or math.ceil(math.sqrt(n))
@@ -43,10 +42,35 @@ def image_grid_png(path: str | pathlib.Path, images, scale: int = 4, cols: int |
     for i in range(n):
         r, q = divmod(i, cols)
         grid[1 + r * (h + 1): 1 + r * (h + 1) + h, 1 + q * (w + 1): 1 + q * (w + 1) + w] = x[i]
-    grid = np.kron(grid, np.ones((scale, scale, 1), np.float32))
+    return grid
+
+
+def image_grid_png(path: str | pathlib.Path, images, scale: int = 4, cols: int | None = None) -> None:
+    """A grid of images: [N, H, W, C] with values in [0, 1], each pixel repeated `scale` times, `cols` per row
+    (default: a square grid)."""
+    grid = np.kron(_grid(images, cols), np.ones((scale, scale, 1), np.float32))
     pixels = (grid * 255).round().astype(np.uint8)
     with atomic.replacing(path) as temporary:
-        Image.fromarray(pixels[..., 0] if c == 1 else pixels).save(temporary)
+        Image.fromarray(pixels[..., 0] if grid.shape[-1] == 1 else pixels).save(temporary)
+
+
+def titled_rows_png(path: str | pathlib.Path, rows, cols: int = 8) -> None:
+    """Rows of images, each under its title: rows is a sequence of (title, images [N, H, W, C] in [0, 1]),
+    each drawn as a grid `cols` wide (e.g. a prompt above the samples drawn for it)."""
+    grids = [_grid(images, min(cols, len(images))) for _, images in rows]
+    width = max(g.shape[1] for g in grids)
+    heights = [g.shape[0] / width * 6 + 0.35 for g in grids]
+    fig, axes = plt.subplots(len(grids), 1, figsize=(6, sum(heights)), dpi=100, squeeze=False,
+                             gridspec_kw={"height_ratios": heights})
+    for ax, (title, _), grid in zip(axes[:, 0], rows, grids):
+        ax.imshow(grid[..., 0] if grid.shape[-1] == 1 else grid, cmap="gray", vmin=0.0, vmax=1.0,
+                  interpolation="nearest")
+        ax.set_title(title, fontsize=9)
+        ax.axis("off")
+    fig.tight_layout()
+    with atomic.replacing(path) as temporary:
+        fig.savefig(temporary)
+    plt.close(fig)
 
 
 def samples_png(path: str | pathlib.Path, samples, reference=None, title: str = "") -> None:

@@ -8,6 +8,8 @@ References:
   [Fourier] Tancik et al. 2020, "Fourier Features Let Networks Learn High Frequency Functions".
   [BigGAN] Brock, Donahue, Simonyan 2019, "Large Scale GAN Training for High Fidelity Natural Image
            Synthesis".
+  [LDM]    Rombach, Blattmann, Lorenz, Esser, Ommer 2022, "High-Resolution Image Synthesis with Latent
+           Diffusion Models", Sec. 3.3 (cross-attention conditioning).
 
 Every image tensor is NHWC, x: [B, H, W, C]; the noise embedding `temb` is [B, E].
 The activation is SiLU (swish) throughout, as in every [SDE] configuration.
@@ -28,6 +30,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from scoresde.models import condition
 from scoresde.models.resample import Direction, fir_conv_2d, resample_2d
 
 Initializer = Callable[..., jax.Array]
@@ -217,9 +220,8 @@ class ClassEmbedding(nn.Module):
     """A learned vector per class, plus one for the "null" class (index `num_classes`): the unconditional
     score that classifier-free guidance needs (Ho & Salimans 2022, Sec. 3.2, one network for both).
 
-    cond: [B] int labels in [0, num_classes], or None for the null class of every example (`batch` examples)
-    -> [B, features], added to the noise embedding as in the class-conditional U-Nets of Dhariwal & Nichol
-    2021 (App. A).
+    cond: [B] int labels in [0, num_classes] -> [B, features], added to the noise embedding as in the
+    class-conditional U-Nets of Dhariwal & Nichol 2021 (App. A).
     """
 
     num_classes: int
@@ -228,24 +230,20 @@ class ClassEmbedding(nn.Module):
     param_dtype: Dtype = jnp.float32
 
     @nn.compact
-    def __call__(self, cond: Optional[jax.Array], batch: int) -> jax.Array:
-        if cond is None:
-            cond = jnp.full((batch,), self.num_classes, jnp.int32)
-        if cond.shape != (batch,):
-            raise ValueError(f"ClassEmbedding: cond shape {cond.shape} must be [B] = {(batch,)}")
+    def __call__(self, cond: jax.Array) -> jax.Array:
         return nn.Embed(self.num_classes + 1, self.features, **precision(self))(cond)
 
 
 def embed_condition(owner: str, num_classes: int, temb: jax.Array, cond: Optional[jax.Array],
                     **dtypes: Dtype) -> jax.Array:
-    """temb + the class embedding of `cond` for a class-conditional network (`num_classes` > 0); an
-    unconditional one (num_classes = 0) returns temb as it is and refuses labels. temb: [B, E]; `dtypes`:
-    `precision`'s."""
-    if num_classes == 0:
-        if cond is not None:
-            raise ValueError(f"{owner}: got class labels, but the network is unconditional (num_classes=0)")
+    """temb + the class embedding of `cond` ([B] labels, or None for the null class) for a class-conditional
+    network (`num_classes` > 0); an unconditional one (num_classes = 0) returns temb as it is and refuses
+    labels. temb: [B, E]; `dtypes`: `precision`'s."""
+    labels = condition.batch(condition.ClassLabels(num_classes) if num_classes else condition.Unconditional(),
+                             owner, cond, temb.shape[0])
+    if labels is None:
         return temb
-    return temb + ClassEmbedding(num_classes, temb.shape[-1], **dtypes)(cond, temb.shape[0])
+    return temb + ClassEmbedding(num_classes, temb.shape[-1], **dtypes)(labels)
 
 
 # ----------------------------------------------------------------------------------- resampling layers
@@ -379,3 +377,43 @@ class AttnBlock(nn.Module):
         h = jax.nn.dot_product_attention(q, k, v).reshape(x.shape)  # its softmax runs in float32
         h = nin(c, init_scale=self.init_scale, **dtypes)(h)
         return residual_sum(x, h, self.skip_rescale)
+
+
+def attention(num_heads: int, features: int, *, init_scale: float = 1.0) -> nn.MultiHeadDotProductAttention:
+    """Multi-head dot-product attention (Vaswani et al. 2017) with `features` channels in and out; the output
+    projection starts at `default_init(init_scale)`."""
+    return nn.MultiHeadDotProductAttention(num_heads=num_heads, qkv_features=features, out_features=features,
+                                           kernel_init=default_init(), out_kernel_init=default_init(init_scale))
+
+
+def key_mask(mask: jax.Array) -> jax.Array:
+    """[B, L] True for keys to attend to -> the [B, 1, 1, L] mask of `attention` (every query, every head).
+
+    Masked keys get weight exactly 0 (their logits are replaced before the softmax), so their values never
+    reach the output."""
+    return mask[:, None, None, :]
+
+
+class CrossAttnBlock(nn.Module):
+    """Cross-attention from image features to a token sequence, with a residual connection ([LDM] Sec. 3.3).
+
+    Queries come from the GroupNorm-ed pixels, keys and values from the context tokens (a text encoder's
+    features); masked tokens (padding) are never attended to and their features are zeroed first, so
+    whatever they hold never reaches the output. x: [B, H, W, C], context: [B, L, D], mask:
+    [B, L] bool (True: attend) -> [B, H, W, C]; the output projection starts at `init_scale` (0: the block
+    starts as the identity).
+    """
+
+    num_heads: int = 1
+    skip_rescale: bool = False
+    init_scale: float = 0.0
+
+    @nn.compact
+    def __call__(self, x: jax.Array, context: jax.Array, mask: jax.Array) -> jax.Array:
+        b, height, width, c = x.shape
+        if c % self.num_heads:
+            raise ValueError(f"CrossAttnBlock: {c} channels do not split into num_heads={self.num_heads}")
+        q = group_norm(x).reshape(b, height * width, c)
+        context = jnp.where(mask[..., None], context, 0.0)  # masked tokens' values, even NaN, reach nothing
+        h = attention(self.num_heads, c, init_scale=self.init_scale)(q, context, mask=key_mask(mask))
+        return residual_sum(x, h.reshape(x.shape), self.skip_rescale)

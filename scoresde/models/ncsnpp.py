@@ -13,18 +13,23 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from scoresde.models.layers import (EMBEDDING_TYPES, AttnBlock, Combine, Dtype, NoiseEmbedding, Resample,
-                                    ResnetBlock, act, check_choice, check_images, check_num_classes,
-                                    check_positive_int, check_positive_ints, check_range, conv3x3,
-                                    divide_by_sigma, embed_condition, group_norm, output, precision,
+from scoresde.models import condition
+from scoresde.models.layers import (EMBEDDING_TYPES, AttnBlock, Combine, CrossAttnBlock, Dtype, NoiseEmbedding,
+                                    Resample, ResnetBlock, act, check_choice, check_images,
+                                    check_num_classes, check_positive_int, check_positive_ints, check_range,
+                                    conv3x3, default_init, divide_by_sigma, embed_condition, group_norm,
+                                    output, precision,
                                     residual_sum)
 from scoresde.models.resample import Direction
+from scoresde.models.text_encoder import TextEncoder, pooled
 
 # Residual-block families; the value is the init scale of the block's shortcut projection (see ResnetBlock).
 RESBLOCK_SHORTCUT_INIT = {"ddpm": 0.1, "biggan": 1.0}
 PROGRESSIVE = ("none", "output_skip", "residual")
 PROGRESSIVE_INPUT = ("none", "input_skip", "residual")
 PROGRESSIVE_COMBINE = ("sum", "cat")
+PROMPT_CONDITIONING = ("none", "cross_attention", "pooled")
+Context = Optional[tuple[jax.Array, jax.Array]]  # a text encoder's (features [B, L, D], mask [B, L])
 
 
 class NCSNpp(nn.Module):
@@ -55,10 +60,19 @@ class NCSNpp(nn.Module):
       num_classes: 0 (unconditional), or the number of classes of a class-conditional network, whose class
         embedding (`layers.ClassEmbedding`, with a null class for the unconditional score) is added to the
         noise embedding; needs `conditional`.
-      dtype, param_dtype: what the layers compute in and store their parameters in (`layers.precision`).
+      prompt_conditioning: "none", or how a prompt's tokens (`scoresde.tokenizer`) enter the network after a
+        `TextEncoder` trained with it: "cross_attention" (a `CrossAttnBlock` after every residual block and
+        in the middle, at the feature heights in `cross_attn_resolutions`; Rombach et al. 2022, Sec. 3.3) or
+        "pooled" (the mean of the token features, projected and added to the noise embedding, as a class
+        embedding is). The empty prompt is the unconditional score. Needs `conditional` and num_classes=0.
+      cross_attn_resolutions: feature-map heights with cross-attention; at least one must occur.
+      text_width, text_depth, text_heads: the `TextEncoder`'s width, blocks and heads (text_heads is also the
+        cross-attention's number of heads).
+      dtype, param_dtype: what the layers compute in and store their parameters in (`layers.precision`); the
+        text encoder and cross-attention compute in float32.
 
-    Call: x: [B, H, W, C] as given (no input rescaling), noise_label: [B], cond: [B] int labels or None (the
-    null class) -> [B, H, W, C] in float32.
+    Call: x: [B, H, W, C] as given (no input rescaling), noise_label: [B], cond: [B] int labels, [B, L]
+    prompt token ids, or None (the null class or the empty prompt) -> [B, H, W, C] in float32.
     """
 
     nf: int = 128
@@ -82,6 +96,11 @@ class NCSNpp(nn.Module):
     num_classes: int = 0
     dtype: Dtype = jnp.float32
     param_dtype: Dtype = jnp.float32
+    prompt_conditioning: str = "none"
+    cross_attn_resolutions: Sequence[int] = (16, 8, 4)
+    text_width: int = 64
+    text_depth: int = 2
+    text_heads: int = 4
 
     def __post_init__(self) -> None:
         owner = type(self).__name__
@@ -102,6 +121,13 @@ class NCSNpp(nn.Module):
         if self.num_classes and not self.conditional:
             raise ValueError(f"{owner}.num_classes={self.num_classes} needs conditional=True: the class "
                              "embedding is added to the noise embedding")
+        check_choice(owner, "prompt_conditioning", self.prompt_conditioning, PROMPT_CONDITIONING)
+        check_positive_ints(owner, "cross_attn_resolutions", self.cross_attn_resolutions, allow_empty=True)
+        for field in ("text_width", "text_depth", "text_heads"):
+            check_positive_int(owner, field, getattr(self, field))
+        if self.prompt_conditioning != "none" and (self.num_classes or not self.conditional):
+            raise ValueError(f"{owner}.prompt_conditioning={self.prompt_conditioning!r} needs "
+                             "conditional=True and num_classes=0")
         super().__post_init__()
 
     @nn.compact
@@ -109,29 +135,48 @@ class NCSNpp(nn.Module):
                  cond: Optional[jax.Array] = None) -> jax.Array:
         owner = type(self).__name__
         check_images(owner, x, noise_label, len(self.ch_mult) - 1)
-        temb = None
+        temb = context = None
         if self.conditional:
             temb = NoiseEmbedding(self.embedding_type, self.nf, 4 * self.nf, self.fourier_scale,
                                   **precision(self))(noise_label)
-            temb = embed_condition(owner, self.num_classes, temb, cond, **precision(self))
+            temb, context = self._condition(temb, cond)
         elif cond is not None:
             raise ValueError(f"{owner}: got class labels, but conditional=False leaves no embedding to add "
                              "them to")
-        skips = self._encode(x, temb, train)
+        self._check_cross_attn(x.shape[1])
+        skips = self._encode(x, temb, context, train)
         h = self._resblock()(skips[-1], temb, train)
-        h = self._attn()(h)
+        h = self._maybe_cross_attn(self._attn()(h), context)
         h = self._resblock()(h, temb, train)
-        h = output(self._decode(h, skips, x.shape[-1], temb, train))
+        h = output(self._decode(h, skips, x.shape[-1], temb, context, train))
         return divide_by_sigma(h, noise_label) if self.scale_by_sigma else h
 
-    def _encode(self, x: jax.Array, temb: Optional[jax.Array], train: bool) -> list[jax.Array]:
+    def _condition(self, temb: jax.Array, cond: Optional[jax.Array]) -> tuple[jax.Array, Context]:
+        """(temb with the class or pooled-prompt embedding added, the cross-attention context or None)."""
+        owner = type(self).__name__
+        if self.prompt_conditioning == "none":
+            return embed_condition(owner, self.num_classes, temb, cond, **precision(self)), None
+        ids = condition.batch(condition.Prompts(), owner, cond, temb.shape[0])
+        features, mask = TextEncoder(self.text_width, self.text_depth, self.text_heads)(ids)
+        if self.prompt_conditioning == "pooled":
+            return temb + nn.Dense(temb.shape[-1], kernel_init=default_init())(pooled(features, mask)), None
+        return temb, (features, mask)
+
+    def _check_cross_attn(self, height: int) -> None:
+        heights = {height // 2**level for level in range(len(self.ch_mult))}
+        if self.prompt_conditioning == "cross_attention" and not heights & set(self.cross_attn_resolutions):
+            raise ValueError(f"{type(self).__name__}.cross_attn_resolutions={tuple(self.cross_attn_resolutions)}"
+                             f" holds none of the feature heights {sorted(heights)}: no cross-attention")
+
+    def _encode(self, x: jax.Array, temb: Optional[jax.Array], context: Context,
+                train: bool) -> list[jax.Array]:
         """Downsampling path; returns every feature map the upsampling path consumes, finest first."""
         pyramid = x
         skips = [conv3x3(self.nf, **precision(self))(x)]
         for level, mult in enumerate(self.ch_mult):
             for _ in range(self.num_res_blocks):
                 h = self._resblock(self.nf * mult)(skips[-1], temb, train)
-                skips.append(self._maybe_attn(h))
+                skips.append(self._maybe_cross_attn(self._maybe_attn(h), context))
             if level != len(self.ch_mult) - 1:
                 h = self._resample("down", skips[-1], temb, train)
                 h, pyramid = self._merge_input_pyramid(pyramid, h)
@@ -139,14 +184,14 @@ class NCSNpp(nn.Module):
         return skips
 
     def _decode(self, h: jax.Array, skips: list[jax.Array], out_channels: int, temb: Optional[jax.Array],
-                train: bool) -> jax.Array:
+                context: Context, train: bool) -> jax.Array:
         """Upsampling path (pops `skips`, coarsest first) with the optional output pyramid: [B, H, W, out]."""
         pyramid = None
         for level in reversed(range(len(self.ch_mult))):
             for _ in range(self.num_res_blocks + 1):
                 h = jnp.concatenate([h, skips.pop()], axis=-1)
                 h = self._resblock(self.nf * self.ch_mult[level])(h, temb, train)
-            h = self._maybe_attn(h)
+            h = self._maybe_cross_attn(self._maybe_attn(h), context)
             if self.progressive != "none":
                 h, pyramid = self._grow_output_pyramid(h, pyramid, out_channels)
             if level != 0:
@@ -208,6 +253,11 @@ class NCSNpp(nn.Module):
 
     def _maybe_attn(self, h: jax.Array) -> jax.Array:
         return self._attn()(h) if h.shape[1] in self.attn_resolutions else h
+
+    def _maybe_cross_attn(self, h: jax.Array, context: Context) -> jax.Array:
+        if context is None or h.shape[1] not in self.cross_attn_resolutions:
+            return h
+        return CrossAttnBlock(self.text_heads, self.skip_rescale, self.init_scale)(h, *context)
 
     @property
     def _fir_kernel(self) -> Optional[tuple[int, ...]]:

@@ -27,6 +27,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from scoresde.models import condition
 from scoresde.sde import SDE, ScoreFn, batch_broadcast
 
 Array = jax.Array
@@ -108,14 +109,16 @@ def network_fn(
       rng: PRNG key for dropout.
       center_input: map data in [0, 1] to [-1, 1] before the network, as the reference's image models do when
         `data.centered` is False.
-      cond: class labels the network is closed over, [B] or a scalar for every example; None: none (the null
-        class of a class-conditional network).
+      cond: the condition the network is closed over (`scoresde.models.condition`): class labels [B] or one
+        label, prompt token ids [B, L] or one prompt [L], for every example; None: none (the null class or
+        the empty prompt of a conditional network).
     """
     rngs = None if rng is None else {"dropout": rng}
 
     def apply(x: Array, noise_label: Array) -> Array:
         x_in = 2.0 * x - 1.0 if center_input else x
-        labels = None if cond is None else jnp.broadcast_to(cond, x.shape[:1])
-        return model.apply(variables, x_in, noise_label, train=train, cond=labels, rngs=rngs)
+        given = None if cond is None else condition.batch(
+            condition.condition_of(model), type(model).__name__, jnp.asarray(cond), x.shape[0])
+        return model.apply(variables, x_in, noise_label, train=train, cond=given, rngs=rngs)
 
     return apply
