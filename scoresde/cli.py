@@ -243,7 +243,8 @@ def _check_condition(spec: condition_lib.Condition, cond: int | np.ndarray | Non
 
 def sample_workdir() -> None:
     """Samples the newest checkpoint of --workdir --batch_size at a time (`scoresde.chunks`); writes
-    samples_<step>_<sampler>[_class<K>[_w<W>]].npz and .png, or keeps the chunks drawn when stopped."""
+    samples_<step>_<sampler>[_class<K> or _prompt-<its words>][_w<W>].npz and .png, or keeps the chunks drawn
+    when stopped."""
     _refuse_problem_flags()
     workdir = pathlib.Path(FLAGS.workdir)
     condition, suffix, cond = _condition()
