@@ -1,10 +1,10 @@
 """Latent against pixel score models: network time per call, samples/s at equal NFE, autoencoder cost.
 
-    python benchmarks/latent.py --autoencoder=AE [--pixel=configs/digits/small.py]
-        [--latent=configs/latent/digits.py] [--batch=64] [--num_steps=20] [--calls=20] [--repeats=7]
-        [--out=FILE.json]
+    python benchmarks/latent.py [--autoencoder=AE] [--pixel=configs/digits/small.py]
+        [--latent=configs/latent/digits.py] [--prompts=configs/digits/prompts.py] [--batch=64]
+        [--num_steps=20] [--calls=20] [--repeats=7] [--out=FILE.json]
 
-AE is a trained run of configs/latent/autoencoder.py. Both score models are built from their config files
+AE is a trained run of configs/latent/autoencoder.py (without it, only the cross-attention rows below). Both score models are built from their config files
 with their initial parameters (a network call and a fixed-step solve cost the same whatever the weights);
 the latent config's `model.autoencoder_workdir` is set to AE. For each it reports, at the same batch:
 
@@ -14,6 +14,10 @@ the latent config's `model.autoencoder_workdir` is set to AE. For each it report
   * sampling: samples/s of the config's own sampler path (`experiment.sampling_fn`, the batch drawn at once)
     with DPM-Solver++ at --num_steps steps (the same NFE for both), the latent one including the decode;
   * autoencoder (latent only): encoder and decoder wall time per image at that batch.
+
+With --prompts (a prompt config; "" skips it) it also times that config's network call with cross-attention
+and with the pooled-prompt baseline (`model.prompt_conditioning`), on a batch of its canvases and their
+prompts, interleaved in the same way: what cross-attention costs per call.
 
 Times are medians of --repeats rounds after a first, compiling call, each round timing pixel and latent in
 turn, so that a change of load falls on both; on a shared machine they are noisy, their ratios less so.
@@ -46,15 +50,17 @@ def build(path: str, **model: str) -> experiment_lib.Experiment:
     return experiment_lib.build_experiment(config_lib.from_config_dict(config))
 
 
-def network_fn(experiment: experiment_lib.Experiment, params, batch: int, calls: int) -> Callable[[], Any]:
-    """() -> `calls` score-function calls on a batch of training examples, chained in one jitted lax.scan
-    (each call's input depends on the last one's output, as in a sampler), so dispatch is paid once."""
+def network_fn(experiment: experiment_lib.Experiment, params, batch: int, calls: int,
+               cond: Any = None) -> Callable[[], Any]:
+    """() -> `calls` score-function calls on a batch of training examples (conditioned on `cond`, one condition
+    per example, if given), chained in one jitted lax.scan (each call's input depends on the last one's
+    output, as in a sampler), so dispatch is paid once."""
     x = jnp.asarray(experiment.dataset.train[:batch])
     t = jnp.full((batch,), 0.5)
 
     @jax.jit
     def chain(p, x):
-        score_fn = experiment.objective.score_fn(p)
+        score_fn = experiment.objective.score_fn(p, cond=cond)
         return lax.scan(lambda y, _: (y + 1e-3 * score_fn(y, t), None), x, None, length=calls)[0]
 
     return lambda: chain(params, x)
@@ -93,7 +99,30 @@ def autoencoder_row(experiment: experiment_lib.Experiment, batch: int, repeats: 
             "latent_scale_factor": latent.scale}
 
 
+def cross_attention_rows(args: argparse.Namespace) -> list[dict]:
+    """The network call of the --prompts config with cross-attention and with the pooled baseline, on
+    --batch canvases and their prompts; the first row holds the ratio of the two."""
+    experiments = {name: build(args.prompts, prompt_conditioning=name) for name in ("cross_attention", "pooled")}
+    calls, rows = {}, []
+    for name, experiment in experiments.items():
+        params = experiment.init_params()
+        cond = jnp.asarray(experiment.dataset.train_cond[:args.batch])
+        calls[name] = network_fn(experiment, params, args.batch, args.calls, cond)
+        count = sum(int(np.prod(leaf.shape)) for leaf in jax.tree_util.tree_leaves(params))
+        rows.append({"model": f"prompts, {name}", "batch": args.batch,
+                     "example_shape": list(experiment.example_shape), "parameters": count})
+    medians = interleaved_medians(calls, args.repeats)
+    for row, name in zip(rows, experiments):
+        row["network_call_s"] = medians[name] / args.calls
+    rows[0]["cross_attention_overhead"] = rows[0]["network_call_s"] / rows[1]["network_call_s"]
+    return rows
+
+
 def run(args: argparse.Namespace) -> list[dict]:
+    """The pixel and latent rows (with --autoencoder), then the cross-attention rows (with --prompts)."""
+    prompts = cross_attention_rows(args) if args.prompts else []
+    if args.autoencoder is None:
+        return prompts
     experiments = {"pixel": build(args.pixel), "latent": build(args.latent, autoencoder_workdir=args.autoencoder)}
     params = {name: experiment.init_params() for name, experiment in experiments.items()}
     calls, draws, rows = {}, {}, {}
@@ -112,7 +141,7 @@ def run(args: argparse.Namespace) -> list[dict]:
     pixel, latent = rows["pixel"], rows["latent"]
     latent["network_speedup"] = pixel["network_call_s"] / latent["network_call_s"]
     latent["sampling_speedup"] = latent["samples_per_s"] / pixel["samples_per_s"]
-    return [pixel, latent]
+    return [pixel, latent, *prompts]
 
 
 def table(rows: list[dict]) -> str:
@@ -120,6 +149,10 @@ def table(rows: list[dict]) -> str:
             "encode / decode per image (us)"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for row in rows:
+        if "nfe" not in row:  # a cross-attention row: its network call only
+            lines.append(f"| {row['model']} | {'x'.join(map(str, row['example_shape']))} | "
+                         f"{row['parameters']:,} | {1e3 * row['network_call_s']:.2f} | | | |")
+            continue
         codec = (f"{1e6 * row['encode_per_image_s']:.1f} / {1e6 * row['decode_per_image_s']:.1f}"
                  if "encode_per_image_s" in row else "")
         lines.append(f"| {row['model']} | {'x'.join(map(str, row['example_shape']))} | {row['parameters']:,} | "
@@ -129,9 +162,12 @@ def table(rows: list[dict]) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--autoencoder", required=True, help="a trained configs/latent/autoencoder.py run")
+    parser.add_argument("--autoencoder", default=None,
+                        help="a trained configs/latent/autoencoder.py run; without it, --prompts alone")
     parser.add_argument("--pixel", default="configs/digits/small.py")
     parser.add_argument("--latent", default="configs/latent/digits.py")
+    parser.add_argument("--prompts", default="configs/digits/prompts.py",
+                        help="a prompt config: cross-attention timed against its pooled baseline; '' skips it")
     parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--num_steps", type=int, default=20)
     parser.add_argument("--calls", type=int, default=20, help="network calls chained per timed run")
@@ -140,8 +176,11 @@ def main() -> None:
     args = parser.parse_args()
     rows = run(args)
     print(table(rows))
-    print(f"latent/pixel: network call {rows[1]['network_speedup']:.2f}x faster, samples/s "
-          f"{rows[1]['sampling_speedup']:.2f}x")
+    if args.autoencoder:
+        print(f"latent/pixel: network call {rows[1]['network_speedup']:.2f}x faster, samples/s "
+              f"{rows[1]['sampling_speedup']:.2f}x")
+    if args.prompts:
+        print(f"cross-attention / pooled prompt: network call {rows[-2]['cross_attention_overhead']:.2f}x")
     if args.out:
         pathlib.Path(args.out).parent.mkdir(parents=True, exist_ok=True)
         pathlib.Path(args.out).write_text(json.dumps(rows, indent=2) + "\n")

@@ -26,7 +26,8 @@ CIFAR10_PARAMETERS = {
 TOY_CONFIGS = ("toy/checkerboard", "toy/swiss_roll", "toy/mixture", "toy/rings", "toy/two_moons")
 SDE_CONFIGS = [(path, sde) for path in (*TOY_CONFIGS, "digits/ddpmpp", "digits/small", "digits/conditional")
                for sde in ("vpsde", "subvpsde", "vesde")]
-ALL_CONFIGS = ([(path, ()) for path in ["default", *CIFAR10_PARAMETERS, "latent/autoencoder", "latent/digits"]]
+ALL_CONFIGS = ([(path, ()) for path in ["default", *CIFAR10_PARAMETERS, "latent/autoencoder", "latent/digits",
+                                        "digits/prompts", "latent/digits_prompts"]]
                + [(p, (s,)) for p, s in SDE_CONFIGS])
 
 
