@@ -81,11 +81,10 @@ def run(args: list[str], *, processes: int = 1, devices: int = 1) -> list[Result
     return finish(start(args, processes=processes, devices=devices))
 
 
-def run_script(args: list[str], *, devices: int) -> Result:
+def start_script(args: list[str], *, devices: int) -> list[subprocess.Popen]:
     """This module as a script (`mixture_samples` into a .npy file) in one process of `devices` devices."""
-    proc = subprocess.Popen([sys.executable, __file__, *args], cwd=ROOT, env=_env(devices),
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    return finish([proc])[0]
+    return [subprocess.Popen([sys.executable, __file__, *args], cwd=ROOT, env=_env(devices),
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)]
 
 
 def kill_after_checkpoint(procs: list[subprocess.Popen], workdir: pathlib.Path) -> list[Result]:

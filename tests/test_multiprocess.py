@@ -52,17 +52,20 @@ def _in_process(*args: str) -> None:
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
     """The two-process run, killed after its first checkpoint and resumed by a fresh pair; the same run in
-    one process of 4 devices; and what the first pair left when killed."""
+    one process of 4 devices; and what the first pair left when killed. The one-process run and the
+    8-device sampling of `test_exact_score_samples_...` share nothing with the pair: they run meanwhile."""
     root = tmp_path_factory.mktemp("multiprocess")
     two, four = root / "two", root / "four"
-    reference = multiprocess.start([*TRAIN, f"--workdir={four}"], devices=4)  # meanwhile
+    reference = multiprocess.start([*TRAIN, f"--workdir={four}"], devices=4)
+    eight = multiprocess.start_script([str(root / "eight.npy"), str(NUM_SAMPLES), "16"], devices=8)
     killed = multiprocess.kill_after_checkpoint(
         multiprocess.start([*TRAIN, f"--workdir={two}"], processes=2, devices=2), two)
     at_kill = _state(two)
     resumed = multiprocess.run([*TRAIN, f"--workdir={two}"], processes=2, devices=2)
     _ok(resumed)
     _ok(multiprocess.finish(reference))
-    return {"two": two, "four": four, "killed": killed, "at_kill": int(at_kill.step), "resumed": resumed}
+    return {"two": two, "four": four, "killed": killed, "at_kill": int(at_kill.step), "resumed": resumed,
+            "eight": (eight, root / "eight.npy")}
 
 
 def test_two_processes_killed_and_resumed_end_where_one_process_of_four_devices_does(runs):
@@ -94,29 +97,31 @@ def test_metrics_and_config_are_written_once(runs):
 
 def test_samples_over_two_processes_equal_one_device_bitwise(runs, tmp_path):
     workdir, name = runs["two"], f"samples_{STEPS}_pc:corrector=langevin.npz"
-    _ok(multiprocess.run([*SAMPLE, f"--workdir={workdir}", f"--outdir={tmp_path / 'two'}"], processes=2,
-                         devices=2))
-    _in_process(*SAMPLE, f"--workdir={workdir}", f"--outdir={tmp_path / 'one'}")
+    two = multiprocess.start([*SAMPLE, f"--workdir={workdir}", f"--outdir={tmp_path / 'two'}"], processes=2,
+                             devices=2)
+    _in_process(*SAMPLE, f"--workdir={workdir}", f"--outdir={tmp_path / 'one'}")  # meanwhile
+    _ok(multiprocess.finish(two))
     one = np.load(tmp_path / "one" / name)
     assert one["x"].shape == (NUM_SAMPLES, 2) and np.all(np.isfinite(one["x"]))
     assert sorted(p.name for p in (tmp_path / "two").iterdir()) == [name, name.replace(".npz", ".png")]
     assert np.array_equal(np.load(tmp_path / "two" / name)["x"], one["x"])
 
 
-def test_exact_score_samples_over_eight_devices_equal_one_device_bitwise(tmp_path):
+def test_exact_score_samples_over_eight_devices_equal_one_device_bitwise(runs):
     """PC with the Langevin corrector, whose step size is a mean over each group of 16 examples."""
-    result = multiprocess.run_script([str(tmp_path / "x.npy"), str(NUM_SAMPLES), "16"], devices=8)
-    assert result.code == 0, result.err[-3000:]
+    procs, path = runs["eight"]
     one = multiprocess.mixture_samples(NUM_SAMPLES, 16)
+    _ok(multiprocess.finish(procs))
     assert one.shape == (NUM_SAMPLES, 2) and len(np.unique(one[:, 0])) == NUM_SAMPLES
-    assert np.array_equal(np.load(tmp_path / "x.npy"), one)
+    assert np.array_equal(np.load(path), one)
 
 
 def test_test_set_likelihood_over_two_processes_equals_one_device(runs, tmp_path):
     workdir = runs["two"]
-    _ok(multiprocess.run(["eval", f"--workdir={workdir}", f"--outdir={tmp_path / 'two'}"], processes=2,
-                         devices=2))
-    _in_process("eval", f"--workdir={workdir}", f"--outdir={tmp_path / 'one'}")
+    procs = multiprocess.start(["eval", f"--workdir={workdir}", f"--outdir={tmp_path / 'two'}"], processes=2,
+                               devices=2)
+    _in_process("eval", f"--workdir={workdir}", f"--outdir={tmp_path / 'one'}")  # meanwhile
+    _ok(multiprocess.finish(procs))
     two, one = (json.loads((tmp_path / where / f"step_{STEPS}.json").read_text()) for where in ("two", "one"))
     assert two["settings"] == one["settings"] == {"seed": 0, "likelihood_examples": 64}  # the whole split
     assert two["test_nll_nats"] == pytest.approx(one["test_nll_nats"], rel=1e-6, abs=1e-6)
@@ -130,8 +135,8 @@ def test_refusals_are_one_line_exit_2_and_write_nothing(runs, tmp_path):
     sample = ["sample", *where]
     port = multiprocess.free_port()
     started = {
-        "batch": multiprocess.start([*TRAIN, f"--workdir={tmp_path / 'run'}", "--config.training.batch_size=6"],
-                                    processes=2, devices=2),
+        "batch": multiprocess.start(
+            [*TRAIN, f"--workdir={tmp_path / 'run'}", "--config.training.batch_size=6"], processes=2, devices=2),
         "chunk": multiprocess.start([*SAMPLE, *where, "--batch_size=64"], devices=8),
         "missing": multiprocess.start([*sample, "--distributed_timeout=2"], processes=2, process_ids=[1]),
         "mismatched": [*multiprocess.start([*sample, "--seed=0"], processes=2, process_ids=[0], port=port),
