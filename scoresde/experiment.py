@@ -196,7 +196,7 @@ def load_latent_space(workdir: str, images: data_lib.Dataset) -> LatentSpace:
     require(step == final, f"{what} is still training: its newest checkpoint is step {step} of {final}; a "
                            "latent model needs its final one (run its training to the end).")
     _check_encodes(autoencoder, images, what)
-    return build_latent_space(str(workdir), autoencoder.objective, state.ema_params,
+    return build_latent_space(str(workdir), step, autoencoder.objective, state.ema_params,
                               autoencoder.dataset.centered, images)
 
 
@@ -209,10 +209,12 @@ def restore(workdir: pathlib.Path | str, *, step: int | None = None) -> tuple[Ex
     encoder gives the latents and their scale factor and whose decoder turns samples into images.
 
     Raises:
-      ValueError: if `workdir` holds no run or no intact checkpoint, or the checkpoint does not fit its
-        config.
+      ValueError: if `workdir` holds no run or no intact checkpoint, the checkpoint does not fit its config,
+        or a latent run's autoencoder is no longer the one it was trained on (`workdir.check_autoencoder`).
     """
     experiment = build_experiment(workdir_lib.load_config(workdir))
+    if experiment.latent is not None:
+        workdir_lib.check_autoencoder(workdir, experiment.latent.record(), experiment.latent.workdir)
     target = {"step": jax.ShapeDtypeStruct((), jnp.int32),
               "ema_params": jax.eval_shape(experiment.init_params)}
     target = abstract(target, parallel.replicated(parallel.data_mesh()))

@@ -21,7 +21,7 @@ from typing import Any, Callable
 import jax
 import numpy as np
 
-from scoresde import data as data_lib
+from scoresde import checkpoint, data as data_lib
 from scoresde.autoencoder import AutoencoderObjective, in_chunks, scale_factor
 
 Array = jax.Array
@@ -33,6 +33,7 @@ class LatentSpace:
 
     Attributes:
       workdir: the autoencoder's run.
+      step: the step of its checkpoint read (its final one).
       objective: its objective (network and input map); params: its EMA parameters.
       centered: the autoencoder saw images in [-1, 1] (its data.centered), else in [0, 1].
       images: the images encoded, in the stored range [0, 1], with their labels.
@@ -43,6 +44,7 @@ class LatentSpace:
     """
 
     workdir: str
+    step: int
     objective: AutoencoderObjective
     params: Any
     centered: bool
@@ -54,18 +56,24 @@ class LatentSpace:
         """The scaled latents s mu(x) of images x: [B, H, W, C] in [0, 1]."""
         return self.scale * _posterior_mean(self.objective, self.centered)(self.params, x)
 
+    def record(self) -> dict:
+        """What identifies the autoencoder: its checkpoint's step and the CRC-32 of its EMA parameters'
+        record (`checkpoint.leaf_record`), kept beside a latent run so that it is never decoded by
+        another autoencoder (`scoresde.workdir.check_autoencoder`)."""
+        return {"step": self.step, "ema_params_crc32": checkpoint.leaf_record(self.params)["crc"]}
+
     def decode(self, z: Array) -> Array:
         """Images in [0, 1] (not clipped) decoded from scaled latents z: [B, h, w, c], D(z / s)."""
         x = self.objective.decode(self.params, z / self.scale)
         return data_lib.inverse_scaler(self.centered)(x)
 
 
-def build_latent_space(workdir: str, objective: AutoencoderObjective, params: Any, centered: bool,
+def build_latent_space(workdir: str, step: int, objective: AutoencoderObjective, params: Any, centered: bool,
                        images: data_lib.Dataset) -> LatentSpace:
     """Encodes `images` (train and test) with the autoencoder and measures the scale on the training latents.
 
     Args:
-      workdir: the autoencoder's run, for messages.
+      workdir: the autoencoder's run, for messages; step: its checkpoint's step.
       objective, params: the trained autoencoder (EMA parameters).
       centered: whether it was trained on images in [-1, 1].
       images: the data of the latent score run.
@@ -80,7 +88,7 @@ def build_latent_space(workdir: str, objective: AutoencoderObjective, params: An
         test=(scale * latents(images.test)).astype(np.float32), train_labels=images.train_labels,
         test_labels=images.test_labels, train_cond=images.train_cond, test_cond=images.test_cond,
         is_image=False, seed=images.seed)
-    return LatentSpace(workdir, objective, params, centered, images, scale, dataset)
+    return LatentSpace(workdir, step, objective, params, centered, images, scale, dataset)
 
 
 def _posterior_mean(objective: AutoencoderObjective, centered: bool) -> Callable[[Any, Array], Array]:

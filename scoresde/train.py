@@ -239,7 +239,9 @@ def run(
     mesh = parallel.data_mesh()
     parallel.check_batch_size(t.batch_size, mesh)
     experiment.dataset.batch_indices(0, t.batch_size)  # a batch larger than the data fails before any write
-    start_over = workdir_lib.check_workdir(workdir, config, resume=resume, overwrite=overwrite)
+    autoencoder = None if experiment.latent is None else experiment.latent.record()
+    start_over = workdir_lib.check_workdir(workdir, config, resume=resume, overwrite=overwrite,
+                                           autoencoder=autoencoder)
     state = jax.jit(lambda: initial_state(experiment), out_shardings=parallel.replicated(mesh))()
     primary = parallel.is_primary()
     if start_over and primary:
@@ -250,6 +252,7 @@ def run(
     checkpoints = checkpoint.Checkpointer(workdir, keep=t.keep_checkpoints, async_save=async_checkpoints)
     if primary:
         workdir_lib.write_config(workdir, config)
+        workdir_lib.write_autoencoder(workdir, autoencoder)
         workdir_lib.truncate_metrics(workdir, int(state.step))
     steps = compile_train_steps(experiment.objective, experiment.optimizer, config.model.ema_rate, mesh,
                                 skip_nonfinite=t.skip_nonfinite)

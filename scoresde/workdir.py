@@ -2,8 +2,9 @@
 
 A workdir holds the config a run was started with (`config.json`), its metrics (`metrics.jsonl`, one JSON
 object per line), snapshot pictures (`samples/`), evaluation results (`eval/`) and its checkpoints
-(`checkpoints/`, `checkpoints-meta/`; see `scoresde.checkpoint`). A workdir with the same config is resumed;
-one with another config only on request (`check_workdir`).
+(`checkpoints/`, `checkpoints-meta/`; see `scoresde.checkpoint`); a latent run also holds the record of the
+autoencoder whose latents it was trained on (`autoencoder.json`). A workdir with the same config (and the
+same autoencoder) is resumed; one with another config only on request (`check_workdir`).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ CONFIG_FILE = "config.json"
 METRICS_FILE = "metrics.jsonl"
 SAMPLES_DIR = "samples"
 EVAL_DIR = "eval"
+AUTOENCODER_FILE = "autoencoder.json"
 
 
 def _flatten(tree: dict, prefix: str = "") -> dict[str, Any]:
@@ -47,6 +49,32 @@ def load_config(workdir: str | pathlib.Path) -> Config:
 
 def write_config(workdir: pathlib.Path, config: Config) -> None:
     atomic.write_text(workdir / CONFIG_FILE, json.dumps(config.to_dict(), indent=2) + "\n")
+
+
+def autoencoder_differences(workdir: str | pathlib.Path, record: dict | None) -> list[str]:
+    """'key: then -> now' for each entry of an autoencoder's record (`latent.LatentSpace.record`) that
+    differs from the record of the one the run in `workdir` was trained on; [] for a pixel-space run
+    (`record` None) or a run without a record."""
+    path = pathlib.Path(workdir) / AUTOENCODER_FILE
+    if record is None or not path.is_file():
+        return []
+    return config_differences(json.loads(path.read_text()), record)
+
+
+def check_autoencoder(workdir: str | pathlib.Path, record: dict | None, autoencoder_workdir: str) -> None:
+    """ValueError naming both runs unless the autoencoder in `autoencoder_workdir` (`record`) is the one the
+    latent run in `workdir` was trained on: another one would decode its samples into noise."""
+    differences = autoencoder_differences(workdir, record)
+    if differences:
+        raise ValueError(f"{workdir} was trained on the latents of another autoencoder than the one in "
+                         f"model.autoencoder_workdir={autoencoder_workdir} now ({'; '.join(differences)}); "
+                         f"point it at the autoencoder run it was trained on.")
+
+
+def write_autoencoder(workdir: pathlib.Path, record: dict | None) -> None:
+    """Keeps the record of a latent run's autoencoder (nothing for a pixel-space run)."""
+    if record is not None:
+        atomic.write_text(workdir / AUTOENCODER_FILE, json.dumps(record, indent=2) + "\n")
 
 
 def truncate_metrics(workdir: pathlib.Path, step: int) -> None:
@@ -88,12 +116,14 @@ def check_evaluation(path: pathlib.Path, settings: dict, *, overwrite: bool) -> 
                          f"--overwrite to replace it, or --outdir to write this one elsewhere.")
 
 
-def check_workdir(workdir: pathlib.Path, config: Config, *, resume: bool, overwrite: bool) -> bool:
+def check_workdir(workdir: pathlib.Path, config: Config, *, resume: bool, overwrite: bool,
+                  autoencoder: dict | None = None) -> bool:
     """Decides what training may do with `workdir`, without changing it; returns whether to start over.
 
-    A workdir with the same config is resumed. One with another config is refused unless `resume` (continue
-    its checkpoints under the new config) or `overwrite` (delete its run and start over). Keys its
-    config.json lacks because they were added later compare as their `config.ADDED_KEYS` values.
+    A workdir with the same config (and, for a latent run, the same autoencoder: its `record`) is resumed.
+    One with another config or autoencoder is refused unless `resume` (continue its checkpoints under the
+    new config, on the new latents) or `overwrite` (delete its run and start over). Keys its config.json
+    lacks because they were added later compare as their `config.ADDED_KEYS` values.
     """
     if resume and overwrite:
         raise ValueError("--resume and --overwrite exclude each other.")
@@ -106,6 +136,12 @@ def check_workdir(workdir: pathlib.Path, config: Config, *, resume: bool, overwr
     if differences and not (resume or overwrite):
         raise ValueError(f"{workdir} holds a run with a different config ({'; '.join(differences)}); pass "
                          f"--resume to continue it with this config, or --overwrite to start over.")
+    changed = autoencoder_differences(workdir, autoencoder)
+    if changed and not (resume or overwrite):
+        raise ValueError(f"{workdir} holds a run trained on the latents of another autoencoder than the one "
+                         f"in model.autoencoder_workdir={config.model.autoencoder_workdir} now "
+                         f"({'; '.join(changed)}); pass --resume to continue it on these latents, or "
+                         f"--overwrite to start over.")
     return overwrite
 
 
@@ -113,5 +149,5 @@ def clear_run(workdir: pathlib.Path) -> None:
     """Deletes what a run wrote into workdir (checkpoints, metrics, samples, eval, config), nothing else."""
     for name in (checkpoint.SNAPSHOTS, checkpoint.PREEMPTION, checkpoint.DAMAGED, SAMPLES_DIR, EVAL_DIR):
         shutil.rmtree(workdir / name, ignore_errors=True)
-    for name in (METRICS_FILE, CONFIG_FILE):
+    for name in (METRICS_FILE, CONFIG_FILE, AUTOENCODER_FILE):
         (workdir / name).unlink(missing_ok=True)

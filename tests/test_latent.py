@@ -135,6 +135,28 @@ def test_eval_of_an_autoencoder_reports_reconstruction_class_agreement_and_scale
     assert 0.0 <= figures["reconstruction_class_agreement"] <= 1.0 and figures["reconstruction_mse"] > 0.0
 
 
+
+@pytest.mark.slow
+def test_a_latent_run_keeps_its_autoencoder_and_refuses_another_one(runs, restored, tmp_path, monkeypatch,
+                                                                    capsys):
+    _, (ae, ae_state) = restored
+    record = json.loads((runs["latent"] / "autoencoder.json").read_text())
+    assert record == {"step": ae.config.training.n_iters,
+                      "ema_params_crc32": checkpoint.leaf_record(ae_state.ema_params)["crc"]}
+    workdir = pathlib.Path(shutil.copytree(runs["latent"], tmp_path / "latent"))
+    (workdir / "autoencoder.json").write_text(json.dumps({**record, "ema_params_crc32": 1}))
+    before = tree_hash(workdir)
+    for verb, flags, wanted in [
+            ("sample", ["--sampler=ddim", "--num_steps=2", "--num_samples=2"], "point it at the autoencoder"),
+            ("train", LATENT[:1] + LATENT[2:] + [f"--config.model.autoencoder_workdir={runs['ae']}"],
+             "pass --resume to continue it on these latents")]:
+        code, _, err = test_cli.scoresde(monkeypatch, capsys, verb, f"--workdir={workdir}", "--noprogress",
+                                         *flags)
+        assert code == 2, err
+        assert len(err.strip().splitlines()) == 1 and "trained on the latents of another autoencoder" in err
+        assert f"ema_params_crc32: 1 -> {record['ema_params_crc32']}" in err and wanted in err, err
+    assert tree_hash(workdir) == before
+
 MISTAKES = {
     "missing run": ("{root}/nowhere", ["model.autoencoder_workdir={root}/nowhere", "holds no training run"]),
     "a score run": ("{latent}", ["holds a 'score' run, not an autoencoder"]),
